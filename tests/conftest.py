@@ -1,0 +1,34 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import settings
+
+GOLDEN_DIR = Path(__file__).parent / "golden"
+
+settings.register_profile("ci", max_examples=40, deadline=None)
+settings.load_profile("ci")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def golden():
+    """The reference quantizations: ``{case: {field: array}}`` for every case in cases.json."""
+    data = np.load(GOLDEN_DIR / "nvfp4_reference.npz")
+    cases = json.loads((GOLDEN_DIR / "cases.json").read_text())
+    return {case: {key.rsplit("|", 1)[1]: data[key] for key in data.files if key.startswith(case + "|")}
+            for case in cases}
+
+
+def golden_cases():
+    return json.loads((GOLDEN_DIR / "cases.json").read_text())
