@@ -6,11 +6,19 @@ The reference numerics (NUMERICS.md) are exported here; the backend builds on th
 from .gemm import mxfp4_mm, nvfp4_mm
 from .hadamard import DEFAULT_RHT_SIGNS, rht, rht_matrix
 from .numerics import MXFP4Tensor, NVFP4Tensor, dequantize, nonfinite_blocks, quantize
+from .recipe import Recipe
+from .decisions import explain
+from .backend import nvfp4_backend, register as _register
+
+_register()
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_RHT_SIGNS",
+    "Recipe",
+    "explain",
+    "nvfp4_backend",
     "MXFP4Tensor",
     "NVFP4Tensor",
     "dequantize",

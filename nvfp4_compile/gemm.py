@@ -45,14 +45,29 @@ def _block_scaled_product(a, b) -> torch.Tensor:
     return (a_vals @ b_vals.t()).to(torch.float32)
 
 
-def nvfp4_mm(a: NVFP4Tensor, b: NVFP4Tensor, out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    """``C = A @ B^T`` for ``A [M, K]`` and ``B [N, K]`` in NVFP4, returned as ``[M, N]`` in ``out_dtype``."""
+def _epilogue(acc: torch.Tensor, alpha: torch.Tensor | None, bias: torch.Tensor | None,
+              out_dtype: torch.dtype) -> torch.Tensor:
+    """``alpha * acc (+ bias)`` in FP32, then one rounding to ``out_dtype``."""
+    if alpha is not None:
+        acc = acc * alpha
+    if bias is not None:
+        acc = acc + bias.to(torch.float32)
+    return acc.to(out_dtype)
+
+
+def nvfp4_mm(a: NVFP4Tensor, b: NVFP4Tensor, out_dtype: torch.dtype = torch.bfloat16, *,
+             bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``C = A @ B^T (+ bias)`` for ``A [M, K]`` and ``B [N, K]`` in NVFP4: ``[M, N]`` in ``out_dtype``.
+
+    The optional ``bias`` (``[N]``) is added in FP32 before the single rounding, as an epilogue does.
+    """
     _check_operands(a, b, NVFP4Tensor, out_dtype, "nvfp4_mm")
     alpha = a.global_scale.to(torch.float32) * b.global_scale.to(torch.float32)
-    return (_block_scaled_product(a, b) * alpha).to(out_dtype)
+    return _epilogue(_block_scaled_product(a, b), alpha, bias, out_dtype)
 
 
-def mxfp4_mm(a: MXFP4Tensor, b: MXFP4Tensor, out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    """``C = A @ B^T`` for ``A [M, K]`` and ``B [N, K]`` in MXFP4 (no tensor scale)."""
+def mxfp4_mm(a: MXFP4Tensor, b: MXFP4Tensor, out_dtype: torch.dtype = torch.bfloat16, *,
+             bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``C = A @ B^T (+ bias)`` for ``A [M, K]`` and ``B [N, K]`` in MXFP4 (no tensor scale)."""
     _check_operands(a, b, MXFP4Tensor, out_dtype, "mxfp4_mm")
-    return _block_scaled_product(a, b).to(out_dtype)
+    return _epilogue(_block_scaled_product(a, b), None, bias, out_dtype)

@@ -1,0 +1,96 @@
+"""The ``nvfp4`` torch.compile backend: wires the graph pass into Inductor.
+
+``torch.compile(model, backend="nvfp4", options={...})`` calls :func:`nvfp4_backend` for
+every graph Dynamo captures. It reads which graph inputs are parameters (and of which
+module) off the Dynamo graph, then hands the graph to Inductor's ``compile_fx`` with
+our pass as ``joint_custom_pre_pass`` (composed with any pass the user set there),
+through ``config_patches`` so that the lazily compiled backward sees it too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import torch
+from torch._inductor import config as inductor_config
+from torch._inductor.compile_fx import compile_fx
+from torch._inductor.custom_graph_pass import CustomGraphPass
+
+from passes.gemm_roles import ParamInfo, param_info_from_source
+from passes.quantize_gemms import QuantizeGemmsPass
+
+from . import decisions, ops  # noqa: F401  (ops registers the nvfp4:: operators)
+from .options import BackendOptions
+
+log = logging.getLogger(__name__)
+
+
+class ComposedPass(CustomGraphPass):
+    """Runs the user's joint passes, then ours; its uuid covers all of them."""
+
+    def __init__(self, passes):
+        self.passes = passes
+
+    def __call__(self, graph):
+        for p in self.passes:
+            p(graph)
+
+    def uuid(self):
+        h = hashlib.sha256()
+        for p in self.passes:
+            uuid = p.uuid() if isinstance(p, CustomGraphPass) else None
+            if uuid is None:
+                return None  # a pass without a uuid: Inductor must bypass the cache
+            h.update(str(uuid).encode())
+        return h.hexdigest()
+
+
+def _user_joint_passes() -> list:
+    existing = inductor_config.joint_custom_pre_pass
+    if existing is None:
+        return []
+    return list(existing) if isinstance(existing, (list, tuple)) else [existing]
+
+
+def graph_params(gm: torch.fx.GraphModule) -> list[ParamInfo | None]:
+    """For each placeholder of the Dynamo graph, in order: the parameter it holds, or None."""
+    infos = []
+    for node in gm.graph.nodes:
+        if node.op != "placeholder":
+            continue
+        grapharg = node.meta.get("grapharg")
+        example = getattr(grapharg, "example", None)
+        info = None
+        if isinstance(example, torch.nn.Parameter) and grapharg.source is not None:
+            source = grapharg.source.name
+            source = source() if callable(source) else source
+            info = param_info_from_source(source, example.shape)
+        infos.append(info)
+    return infos
+
+
+def nvfp4_backend(gm: torch.fx.GraphModule, example_inputs, *, options: dict | None = None, mode=None):
+    """The ``nvfp4`` backend. ``options``: see :class:`nvfp4_compile.options.BackendOptions`."""
+    config = BackendOptions.from_dict(options)
+    graph_id = decisions.new_graph_id()
+    our_pass = QuantizeGemmsPass(config, graph_params(gm), graph_id)
+    joint = ComposedPass([*_user_joint_passes(), our_pass])
+    log.debug("nvfp4: compiling graph %d", graph_id)
+    patches = {"joint_custom_pre_pass": joint}
+    if mode is not None:
+        from torch._inductor import list_mode_options
+        patches.update(list_mode_options(mode))
+    return compile_fx(gm, example_inputs, config_patches=patches)
+
+
+def register() -> None:
+    """Register ``nvfp4`` with Dynamo unless the installed entry point already provides it."""
+    from importlib.metadata import entry_points
+
+    if any(ep.name == "nvfp4" for ep in entry_points(group="torch_dynamo_backends")):
+        return
+    from torch._dynamo.backends.registry import _BACKENDS, register_backend
+
+    if "nvfp4" not in _BACKENDS:
+        register_backend(compiler_fn=nvfp4_backend, name="nvfp4")

@@ -1,0 +1,112 @@
+"""The custom operators the graph pass inserts: ``nvfp4::rht``, ``nvfp4::quantize``,
+``nvfp4::transpose_2d`` and ``nvfp4::gemm``.
+
+They are ``torch.library`` custom ops, so Inductor calls them as extern kernels and
+AOTAutograd's partitioner can save their outputs (FP4 codes and scales) for the
+backward pass. Every op has a fake implementation that works with symbolic shapes.
+The implementations here are the reference numerics (``nvfp4_compile.numerics``),
+which run on CPU and CUDA tensors alike; fast device kernels register over them.
+
+Tensors cross the op boundary as plain tensors: codes ``uint8 [rows, Kp/2]``, scales
+as their bit patterns ``uint8 [rows, Kp/block]`` (E4M3 for NVFP4, E8M0 for MXFP4) and
+the FP32 decode scale (1.0 for MXFP4, which has none, so one GEMM formula serves both).
+``Kp`` is ``K`` rounded up to the block: ``quantize`` pads the reduction dimension with
+zeros, which change neither an amax nor a sum, so GEMMs over token counts that are not a
+multiple of 16 need no fallback.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .gemm import mxfp4_mm, nvfp4_mm
+from .hadamard import rht as _rht
+from .numerics import MXFP4Tensor, NVFP4Tensor, quantize as _quantize
+from .recipe import BLOCK_SIZE
+
+_SCALE_DTYPE = {"nvfp4": torch.float8_e4m3fn, "mxfp4": torch.float8_e8m0fnu}
+
+
+def padded_k(k, block: int):
+    return (k + block - 1) // block * block
+
+
+@torch.library.custom_op("nvfp4::rht", mutates_args=())
+def rht(x: torch.Tensor) -> torch.Tensor:
+    """The 16-point RHT along the last dimension (padded to 16 with zeros), output in BF16."""
+    pad = padded_k(x.shape[-1], 16) - x.shape[-1]
+    return _rht(F.pad(x, (0, pad)) if pad else x).to(torch.bfloat16)
+
+
+@rht.register_fake
+def _(x):
+    return x.new_empty((*x.shape[:-1], padded_k(x.shape[-1], 16)), dtype=torch.bfloat16)
+
+
+@torch.library.custom_op("nvfp4::quantize", mutates_args=())
+def quantize(x: torch.Tensor, format: str, block_rows: int, rounding: str,
+             check: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Quantize ``x [rows, K]`` along K; returns (codes, scale bits, decode scale).
+
+    ``check``, when not empty, names the GEMM operand ("layers.0.fc1 fprop A"): a NaN or
+    Inf in ``x`` then raises instead of propagating (the ``check_finite`` option).
+    """
+    if check and not bool(torch.isfinite(x).all()):
+        raise FloatingPointError(f"non-finite values (NaN or Inf) reach the FP4 quantizer of {check}")
+    block = BLOCK_SIZE[format]
+    pad = padded_k(x.shape[1], block) - x.shape[1]
+    if pad:
+        x = F.pad(x, (0, pad))
+    q = _quantize(x.contiguous(), block=(block_rows, block), rounding=rounding, format=format)
+    scale = q.global_scale if format == "nvfp4" else torch.ones((), dtype=torch.float32, device=x.device)
+    return q.codes, q.scales.view(torch.uint8), scale
+
+
+@quantize.register_fake
+def _(x, format, block_rows, rounding, check):
+    block = BLOCK_SIZE[format]
+    kp = padded_k(x.shape[1], block)
+    rows = x.shape[0]
+    return (x.new_empty((rows, kp // 2), dtype=torch.uint8), x.new_empty((rows, kp // block), dtype=torch.uint8),
+            x.new_empty((), dtype=torch.float32))
+
+
+def _as_tensor(codes, scale_bits, scale, format, block_rows):
+    block = BLOCK_SIZE[format]
+    shape = torch.Size((codes.shape[0], codes.shape[1] * 2))
+    scales = scale_bits.view(_SCALE_DTYPE[format])
+    if format == "nvfp4":
+        return NVFP4Tensor(codes, scales, scale, shape, (block_rows, block))
+    return MXFP4Tensor(codes, scales, shape, (block_rows, block))
+
+
+@torch.library.custom_op("nvfp4::transpose_2d", mutates_args=())
+def transpose_2d(codes: torch.Tensor, scale_bits: torch.Tensor, format: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The quantization of ``W^T`` from the 2D quantization of ``W``: codes and tiles move, nothing rounds."""
+    block = BLOCK_SIZE[format]
+    t = _as_tensor(codes, scale_bits, torch.ones(()), format, block).t()
+    return t.codes, t.scales.view(torch.uint8)
+
+
+@transpose_2d.register_fake
+def _(codes, scale_bits, format):
+    block = BLOCK_SIZE[format]
+    rows, k = codes.shape[0], codes.shape[1] * 2
+    return codes.new_empty((k, rows // 2)), scale_bits.new_empty((k, rows // block))
+
+
+@torch.library.custom_op("nvfp4::gemm", mutates_args=())
+def gemm(a_codes: torch.Tensor, a_scale_bits: torch.Tensor, a_scale: torch.Tensor,
+         b_codes: torch.Tensor, b_scale_bits: torch.Tensor, b_scale: torch.Tensor,
+         bias: torch.Tensor | None, format: str, out_dtype: torch.dtype) -> torch.Tensor:
+    """``C = A @ B^T (+ bias)`` for A and B quantized along K (NUMERICS.md §6); ``[M, N]`` in ``out_dtype``."""
+    a = _as_tensor(a_codes, a_scale_bits, a_scale, format, 1)
+    b = _as_tensor(b_codes, b_scale_bits, b_scale, format, 1)
+    mm = nvfp4_mm if format == "nvfp4" else mxfp4_mm
+    return mm(a, b, out_dtype=out_dtype, bias=bias)
+
+
+@gemm.register_fake
+def _(a_codes, a_scale_bits, a_scale, b_codes, b_scale_bits, b_scale, bias, format, out_dtype):
+    return a_codes.new_empty((a_codes.shape[0], b_codes.shape[0]), dtype=out_dtype)
