@@ -10,7 +10,9 @@ through ``config_patches`` so that the lazily compiled backward sees it too.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+from pathlib import Path
 
 import torch
 from torch._inductor import config as inductor_config
@@ -70,6 +72,18 @@ def graph_params(gm: torch.fx.GraphModule) -> list[ParamInfo | None]:
     return infos
 
 
+def _decisions_file(our_pass: QuantizeGemmsPass, gm: torch.fx.GraphModule, example_inputs) -> Path:
+    """Where this graph's decisions are kept, so that ``explain()`` survives Inductor cache hits
+    (a hit skips the joint graph, and with it the pass)."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    h = hashlib.sha256(our_pass.uuid().encode())
+    h.update(gm.code.encode())
+    for t in example_inputs:
+        h.update(repr((getattr(t, "shape", t), getattr(t, "dtype", None))).encode())
+    return Path(cache_dir()) / "nvfp4_decisions" / f"{h.hexdigest()}.json"
+
+
 def nvfp4_backend(gm: torch.fx.GraphModule, example_inputs, *, options: dict | None = None, mode=None):
     """The ``nvfp4`` backend. ``options``: see :class:`nvfp4_compile.options.BackendOptions`."""
     config = BackendOptions.from_dict(options)
@@ -81,7 +95,18 @@ def nvfp4_backend(gm: torch.fx.GraphModule, example_inputs, *, options: dict | N
     if mode is not None:
         from torch._inductor import list_mode_options
         patches.update(list_mode_options(mode))
-    return compile_fx(gm, example_inputs, config_patches=patches)
+    compiled = compile_fx(gm, example_inputs, config_patches=patches)
+    saved = _decisions_file(our_pass, gm, example_inputs)
+    if our_pass.ran:
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps([d.to_dict() for d in our_pass.decisions]))
+    elif saved.exists():  # an Inductor cache hit: the pass did not run this time
+        records = [decisions.GemmDecision(**{**d, "graph": graph_id}) for d in json.loads(saved.read_text())]
+        decisions.record(records)
+    else:
+        log.warning("nvfp4: graph %d came from a cache without recorded decisions; explain() will miss it",
+                    graph_id)
+    return compiled
 
 
 def register() -> None:

@@ -72,6 +72,7 @@ class QuantizeGemmsPass(CustomGraphPass):
         self.params = params
         self.graph_id = graph_id
         self.decisions: list[decisions.GemmDecision] = []
+        self.ran = False
 
     def uuid(self) -> str:
         h = hashlib.sha256(_sources_digest().encode())
@@ -165,6 +166,10 @@ class QuantizeGemmsPass(CustomGraphPass):
 
     def _rewrite(self, graph: Graph, g: Gemm, ta: OperandTreatment, tb: OperandTreatment) -> None:
         label = f"{g.module} {g.role}"
+        # An operand may be the output of a GEMM rewritten before this one.
+        g.a, g.b = self._replaced.get(g.a, g.a), self._replaced.get(g.b, g.b)
+        if g.bias is not None:
+            g.bias = self._replaced.get(g.bias, g.bias)
         with graph.inserting_before(g.node):
             if g.weight_operand == "a":
                 qa = self._weight(graph, g, "a", ta, label + " A")
@@ -178,6 +183,7 @@ class QuantizeGemmsPass(CustomGraphPass):
             out = self._emit(graph, g.node, torch.ops.nvfp4.gemm.default,
                              (*qa, *qb, g.bias, self.options.recipe.format, out_dtype))
         g.node.replace_all_uses_with(out)
+        self._replaced[g.node] = out
         graph.erase_node(g.node)
 
     def __call__(self, graph: Graph) -> None:
@@ -185,6 +191,7 @@ class QuantizeGemmsPass(CustomGraphPass):
         params = {node: info for node, info in zip(placeholders, self.params) if info is not None}
         self._fake_mode = torch._guards.detect_fake_mode([n.meta.get("val") for n in placeholders])
         self._weights = {}
+        self._replaced: dict[Node, Node] = {}
         inference = not any(n.name.startswith("tangents") for n in placeholders)
         tied = {n for n in params if any(u.target is torch.ops.aten.embedding.default for u in n.users)}
         blocks = repeated_blocks(info.module for info in params.values())
@@ -209,3 +216,4 @@ class QuantizeGemmsPass(CustomGraphPass):
         graph.eliminate_dead_code()
         graph.lint()
         decisions.record(self.decisions)
+        self.ran = True
