@@ -238,3 +238,68 @@ def test_graph_break_in_the_middle():
     records = nc.explain()
     assert len({d.graph for d in records}) == 2
     assert {d.module for d in records if d.precision == "nvfp4"} == {"layers.0", "layers.1", "layers.2"}
+
+
+def test_inference_under_no_grad_quantizes_fprop():
+    torch.manual_seed(0)
+    model, x = MLP(), torch.randn(16, 64)
+    options = {"bf16_last_blocks_fraction": 0.0, **NO_SR}
+    with torch.no_grad():
+        out = torch.compile(model, backend="nvfp4", options=options)(x)
+    records = nc.explain()
+    assert {d.role for d in records} == {"fprop"} and all(d.precision == "nvfp4" for d in records)
+    with torch.no_grad():
+        assert torch.equal(out, emulate(model)(x))
+
+
+def test_check_finite_names_the_module_and_role():
+    torch.manual_seed(0)
+    model, x = MLP(), torch.randn(16, 64)
+    x[3, 5] = float("nan")
+    out = torch.compile(model, backend="nvfp4")(x)
+    assert torch.isnan(out[3]).all()  # propagates, never a silent finite value
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match=r"layers\.0 fprop A"):
+        torch.compile(model, backend="nvfp4", options={"check_finite": True})(x)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    from torch.utils.checkpoint import checkpoint
+
+    class Checkpointed(MLP):
+        def forward(self, x):
+            return checkpoint(super().forward, x, use_reentrant=False)
+
+    torch.manual_seed(0)
+    plain, x = MLP(), torch.randn(32, 64)
+    ckpt = Checkpointed()
+    ckpt.load_state_dict(plain.state_dict())
+    for m in (plain, ckpt):
+        torch.compile(m, backend="nvfp4", options=NO_SR)(x).square().mean().backward()
+        torch._dynamo.reset()
+    for name, g in grads(plain).items():
+        assert torch.equal(g, grads(ckpt)[name]), name
+    assert sum(d.precision == "nvfp4" for d in nc.explain()) == 2 * 5
+
+
+def test_fx_graph_cache_hits_on_the_same_config_and_misses_on_a_change(tmp_path, monkeypatch):
+    from torch._dynamo.utils import counters
+    from torch._inductor import config as inductor_config
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(inductor_config, "fx_graph_cache", True)
+    torch.manual_seed(0)
+    model, x = MLP(), torch.randn(16, 64)
+
+    def compile_once(options):
+        torch._dynamo.reset()
+        counters.clear()
+        torch.compile(model, backend="nvfp4", options=options)(x).sum().backward()
+        return counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["fxgraph_cache_miss"]
+
+    assert compile_once(NO_SR)[1] > 0
+    hits, misses = compile_once(NO_SR)
+    assert hits > 0 and misses == 0
+    assert len(nc.explain()) == 2 * 8  # decisions are recorded on a cache hit too
+    assert compile_once({"recipe": {"stochastic_rounding": True}})[1] > 0
+    assert compile_once({**NO_SR, "bf16_modules": ["layers.1"]})[1] > 0
