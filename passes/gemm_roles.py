@@ -9,8 +9,9 @@ Contract: reads the graph, changes nothing. For every ``aten.mm`` / ``aten.addmm
   activations, a double backward, ...);
 - the weight operand, traced through view/permute/reshape/clone/convert to the graph input
   that holds the parameter, with whether the operand is W or W^T;
-- the module path of the linear layer, from the parameter's source in the Dynamo graph
-  (``layers.0.fc1``, as ``named_modules()`` prints it); for wgrad, the fprop's module.
+- the module path of the linear layer that calls the GEMM (``layers.0.fc1``, as
+  ``named_modules()`` prints it), from the node's module stack, else from the weight's
+  source in the Dynamo graph; dgrad and wgrad take their fprop's.
 
 A weight stored transposed (HF GPT-2's ``Conv1D`` computes ``x @ W``) is the same weight with
 the other orientation; a tied weight is one input used by several GEMMs.
@@ -146,11 +147,14 @@ def find_gemms(graph: Graph, params: dict[Node, ParamInfo]) -> list[Gemm]:
         seq = node.meta.get("seq_nr")
         if node not in backward:
             g = Gemm(node, "fprop", a, b, bias, weight, which)
-            g.module = weight.param.module if weight else module_from_stack(node)
+            # The calling module, not the weight's owner: a tied head is "lm_head", not "embed".
+            g.module = module_from_stack(node) or (weight.param.module if weight else "")
             if seq is not None and weight is not None:
                 fprops[seq] = g
         elif weight is not None:
-            g = Gemm(node, "dgrad", a, b, bias, weight, which, module=weight.param.module, fprop=fprops.get(seq))
+            fprop = fprops.get(seq)
+            g = Gemm(node, "dgrad", a, b, bias, weight, which, fprop=fprop,
+                     module=fprop.module if fprop else weight.param.module)
         elif seq in fprops and (a in backward) != (b in backward):
             g = Gemm(node, "wgrad", a, b, bias, gradient_operand="a" if a in backward else "b",
                      module=fprops[seq].module, fprop=fprops[seq])

@@ -303,3 +303,47 @@ def test_fx_graph_cache_hits_on_the_same_config_and_misses_on_a_change(tmp_path,
     assert len(nc.explain()) == 2 * 8  # decisions are recorded on a cache hit too
     assert compile_once({"recipe": {"stochastic_rounding": True}})[1] > 0
     assert compile_once({**NO_SR, "bf16_modules": ["layers.1"]})[1] > 0
+
+
+def test_transposed_weights_and_tied_weights():
+    """HF GPT-2's Conv1D stores W as [in, out] and computes addmm(b, x, W); a tied head
+    shares the embedding's weight. Both are recognised."""
+    from transformers.pytorch_utils import Conv1D
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte = nn.Embedding(64, 32)
+            self.h = nn.ModuleList(Conv1D(32, 32) for _ in range(2))  # nf=32 outputs, nx=32 inputs
+            self.out = nn.Linear(32, 64, bias=False)
+            self.out.weight = self.wte.weight
+
+        def forward(self, t):
+            x = self.wte(t)
+            for layer in self.h:
+                x = torch.relu(layer(x))
+            return self.out(x)
+
+    torch.manual_seed(0)
+    model = Net()
+    tokens = torch.randint(0, 64, (2, 16))
+    torch.compile(model, backend="nvfp4", options={"bf16_last_blocks_fraction": 0.0})(tokens).sum().backward()
+    roles = by_role(nc.explain())
+    for role in ("fprop", "dgrad", "wgrad"):
+        assert roles[("h.0", role)].precision == "nvfp4", role
+    assert roles[("h.0", "fprop")].b == "16x16 RNE"
+    assert roles[("out", "fprop")].precision == "fp32"
+    assert "tied" in roles[("out", "fprop")].reason or roles[("out", "fprop")].reason == "output head"
+
+
+@pytest.mark.gpu
+def test_cuda_mlp_matches_the_emulation():
+    torch.manual_seed(0)
+    model, x = MLP().cuda(), torch.randn(32, 64, device="cuda")
+    reference = emulate(model, keep=("layers.2",))
+    compiled = torch.compile(model, backend="nvfp4", options=NO_SR)
+    compiled(x).square().mean().backward()
+    reference(x).square().mean().backward()
+    for name, g in grads(model).items():
+        if name.endswith("weight"):
+            assert torch.equal(g, grads(reference)[name]), name
