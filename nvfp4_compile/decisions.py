@@ -14,8 +14,9 @@ from rich.table import Table
 class GemmDecision:
     """One matmul of one compiled graph.
 
-    ``role`` is fprop, dgrad, wgrad or batched; ``a``/``b`` describe the operands'
-    treatment ("1x16 RNE", "RHT 1x16 SR", "16x16 RNE", or "bf16"); ``precision`` is
+    ``role`` is fprop, dgrad, wgrad, batched or other; ``a_operand``/``b_operand`` say what
+    each operand is (activation, weight or gradient); ``a``/``b`` describe their treatment
+    ("1x16 RNE", "RHT 1x16 SR", "16x16 RNE", or the high-precision dtype); ``precision`` is
     the format the GEMM runs in; ``reason`` says why.
     """
 
@@ -26,7 +27,9 @@ class GemmDecision:
     b: str
     precision: str
     reason: str
-    shape: str  # "MxNxK"
+    shape: str  # "MxNxK": C[M, N] = A[M, K] @ B[K, N]
+    a_operand: str = "activation"
+    b_operand: str = "activation"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -40,7 +43,8 @@ class Explanation(list):
         for column in ("graph", "module", "role", "A", "B", "precision", "reason", "M x N x K"):
             table.add_column(column)
         for d in self:
-            table.add_row(str(d.graph), d.module, d.role, d.a, d.b, d.precision, d.reason, d.shape)
+            table.add_row(str(d.graph), d.module, d.role, f"{d.a_operand}: {d.a}", f"{d.b_operand}: {d.b}",
+                          d.precision, d.reason, d.shape)
         return table
 
     def __rich__(self):

@@ -75,6 +75,14 @@ class Gemm:
     fprop: "Gemm | None" = field(default=None, repr=False)
     keep_reason: str | None = None
 
+    def operand_kind(self, operand: str) -> str:
+        """activation, weight or gradient."""
+        if self.weight_operand == operand:
+            return "weight"
+        if self.role == "dgrad" or (self.role == "wgrad" and self.gradient_operand == operand):
+            return "gradient"
+        return "activation"
+
     @property
     def shape(self) -> tuple:
         a, b = self.a.meta["val"], self.b.meta["val"]

@@ -121,6 +121,14 @@ class QuantizeGemmsPass(CustomGraphPass):
                 return f"weight {list(w_shape)} does not tile into {recipe.block}x{recipe.block} blocks"
         return None
 
+    def _padding_note(self, k) -> str:
+        block = self.options.recipe.block
+        if not isinstance(k, int):
+            return f" (K={k} padded to a multiple of {block} at run time)"
+        if k % block:
+            return f" (K padded from {k} to {ops.padded_k(k, block)})"
+        return ""
+
     # -- graph surgery ---------------------------------------------------------------
 
     def _emit(self, graph: Graph, like: Node, target, args) -> Node:
@@ -202,9 +210,10 @@ class QuantizeGemmsPass(CustomGraphPass):
         for g in gemms:
             dtype = _SHORT_DTYPE.get(g.node.meta["val"].dtype, str(g.node.meta["val"].dtype))
             shape = "x".join(str(d) for d in g.shape)
+            kinds = {"a_operand": g.operand_kind("a"), "b_operand": g.operand_kind("b")}
             if g.keep_reason is not None:
                 self.decisions.append(decisions.GemmDecision(
-                    self.graph_id, g.module, g.role, dtype, dtype, dtype, g.keep_reason, shape))
+                    self.graph_id, g.module, g.role, dtype, dtype, dtype, g.keep_reason, shape, **kinds))
                 continue
             ta, tb = treatments(recipe, g.role, gradient_is_a=g.gradient_operand != "b")
             if g.role != "wgrad" and g.weight_operand == "a":
@@ -212,7 +221,7 @@ class QuantizeGemmsPass(CustomGraphPass):
             self._rewrite(graph, g, ta, tb)
             self.decisions.append(decisions.GemmDecision(
                 self.graph_id, g.module, g.role, ta.describe(recipe.block), tb.describe(recipe.block),
-                recipe.format, "recipe", shape))
+                recipe.format, "recipe" + self._padding_note(g.shape[-1]), shape, **kinds))
         graph.eliminate_dead_code()
         graph.lint()
         decisions.record(self.decisions)

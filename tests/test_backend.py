@@ -4,6 +4,7 @@ and the torch.compile features a training run meets."""
 import pytest
 import torch
 import torch.nn as nn
+from torch._inductor import config as inductor_config
 
 import nvfp4_compile as nc
 from emulation import emulate
@@ -168,10 +169,14 @@ def test_unknown_option_lists_the_valid_keys():
 
 
 def test_backend_is_registered_once():
-    from importlib.metadata import entry_points
+    from importlib.metadata import PackageNotFoundError, distribution, entry_points
 
     import torch._dynamo
     assert "nvfp4" in torch._dynamo.list_backends()
+    try:
+        distribution("nvfp4-compile")
+    except PackageNotFoundError:  # run from a source tree: __init__ registered it
+        return
     assert any(ep.name == "nvfp4" for ep in entry_points(group="torch_dynamo_backends"))
     nc.backend.register()  # idempotent: no "duplicate name"
 
@@ -282,12 +287,11 @@ def test_activation_checkpointing_gives_the_same_gradients():
     assert sum(d.precision == "nvfp4" for d in nc.explain()) == 2 * 5
 
 
+@inductor_config.patch(fx_graph_cache=True)
 def test_fx_graph_cache_hits_on_the_same_config_and_misses_on_a_change(tmp_path, monkeypatch):
     from torch._dynamo.utils import counters
-    from torch._inductor import config as inductor_config
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(inductor_config, "fx_graph_cache", True)
     torch.manual_seed(0)
     model, x = MLP(), torch.randn(16, 64)
 
@@ -347,3 +351,55 @@ def test_cuda_mlp_matches_the_emulation():
     for name, g in grads(model).items():
         if name.endswith("weight"):
             assert torch.equal(g, grads(reference)[name]), name
+
+
+def test_operand_kinds_and_padding_are_recorded():
+    torch.manual_seed(0)
+    model = MLP(dims=(64, 64, 48))
+    options = {"bf16_last_blocks_fraction": 0.0, "recipe": {"weight_2d": False}}
+    torch.compile(model, backend="nvfp4", options=options)(torch.randn(24, 64)).sum().backward()
+    roles = by_role(nc.explain())
+    assert (roles[("layers.1", "fprop")].a_operand, roles[("layers.1", "fprop")].b_operand) == ("activation", "weight")
+    assert (roles[("layers.1", "dgrad")].a_operand, roles[("layers.1", "dgrad")].b_operand) == ("gradient", "weight")
+    assert (roles[("layers.1", "wgrad")].a_operand, roles[("layers.1", "wgrad")].b_operand) == ("gradient", "activation")
+    assert roles[("layers.1", "wgrad")].reason == "recipe (K padded from 24 to 32)"  # 24 tokens
+    assert roles[("layers.1", "fprop")].b == "1x16 RNE"  # weight_2d off
+
+
+def test_composes_with_a_user_joint_pass(tmp_path, monkeypatch):
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # a cached graph would skip both passes
+
+    class CountMatmuls(CustomGraphPass):
+        seen = []
+
+        def __call__(self, graph):
+            self.seen.append(sum(n.target is torch.ops.aten.mm.default for n in graph.nodes))
+
+        def uuid(self):
+            return "count-matmuls"
+
+    torch.manual_seed(0)
+    with inductor_config.patch(joint_custom_pre_pass=CountMatmuls()):
+        torch.compile(MLP(), backend="nvfp4", options={"bf16_last_blocks_fraction": 0.0})(torch.randn(16, 64)).sum().backward()
+    assert CountMatmuls.seen and CountMatmuls.seen[0] > 0  # the user's pass ran, before ours
+    assert all(d.precision == "nvfp4" for d in nc.explain())
+
+
+@pytest.mark.parametrize("order", ["import first", "compile first"])
+def test_backend_name_without_or_before_importing_the_package(order):
+    import subprocess
+    import sys
+    import textwrap
+
+    head = "import nvfp4_compile\n" if order == "import first" else ""
+    tail = "" if order == "import first" else "import nvfp4_compile\n"
+    code = head + textwrap.dedent("""
+        import torch
+        out = torch.compile(torch.nn.Linear(32, 16), backend="nvfp4")(torch.randn(16, 32))
+        assert out.shape == (16, 16)
+        """) + tail + "print('ok', len(__import__('nvfp4_compile').explain()))\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ok" in result.stdout
