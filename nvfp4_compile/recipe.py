@@ -15,30 +15,53 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dataclasses import dataclass
+
 FORMATS = ("nvfp4", "mxfp4", "bf16")
 ROLES = ("fprop", "dgrad", "wgrad")
+OPERAND_KINDS = ("activation", "weight", "gradient")
 BLOCK_SIZE = {"nvfp4": 16, "mxfp4": 32}
+
+
+def _choice_tuple(name, value, choices, when_true):
+    if isinstance(value, bool):
+        return when_true if value else ()
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"recipe {name} must be a bool or a list of {list(choices)}, got {value!r}")
+    bad = sorted(set(value) - set(choices))
+    if bad:
+        raise ValueError(f"recipe {name}: unknown value(s) {bad}; expected a subset of {list(choices)}")
+    return tuple(c for c in choices if c in value)
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """Which parts of the recipe are on. ``format="bf16"`` quantizes nothing."""
+    """Which parts of the recipe are on. ``format="bf16"`` quantizes nothing.
+
+    ``rht``: the GEMMs whose operands get the 16-point RHT (``True`` means the paper's
+    ``["wgrad"]``). ``stochastic_rounding``: the operand kinds rounded stochastically
+    (``True`` means ``["gradient"]``). Both are stored as tuples.
+    """
 
     format: str = "nvfp4"
-    rht: bool = True
-    stochastic_rounding: bool = True
+    rht: tuple = ("wgrad",)
+    stochastic_rounding: tuple = ("gradient",)
     weight_2d: bool = True
 
     def __post_init__(self):
         if self.format not in FORMATS:
-            raise ValueError(f"recipe format must be one of {FORMATS}, got {self.format!r}")
-        for name in ("rht", "stochastic_rounding", "weight_2d"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"recipe {name} must be a bool, got {getattr(self, name)!r}")
+            raise ValueError(f"recipe format must be one of {list(FORMATS)}, got {self.format!r}")
+        if not isinstance(self.weight_2d, bool):
+            raise TypeError(f"recipe weight_2d must be a bool, got {self.weight_2d!r}")
+        object.__setattr__(self, "rht", _choice_tuple("rht", self.rht, ROLES, ("wgrad",)))
+        object.__setattr__(self, "stochastic_rounding", _choice_tuple(
+            "stochastic_rounding", self.stochastic_rounding, OPERAND_KINDS, ("gradient",)))
 
     @property
     def block(self) -> int:
-        return BLOCK_SIZE[self.format]
+        return BLOCK_SIZE.get(self.format, 16)
 
 
 @dataclass(frozen=True)
@@ -57,15 +80,10 @@ class OperandTreatment:
         return " ".join(parts)
 
 
-def treatments(recipe: Recipe, role: str, gradient_is_a: bool = True) -> tuple[OperandTreatment, OperandTreatment]:
-    """(A, B) treatments for a GEMM role. For wgrad, ``gradient_is_a`` says which operand is dY."""
-    sr = "sr" if recipe.stochastic_rounding else "rne"
-    weight_rows = recipe.block if recipe.weight_2d else 1
-    if role == "fprop":
-        return OperandTreatment(1, "rne", False), OperandTreatment(weight_rows, "rne", False)
-    if role == "dgrad":
-        return OperandTreatment(1, sr, False), OperandTreatment(weight_rows, "rne", False)
-    if role == "wgrad":
-        grad, act = OperandTreatment(1, sr, recipe.rht), OperandTreatment(1, "rne", recipe.rht)
-        return (grad, act) if gradient_is_a else (act, grad)
-    raise ValueError(f"unknown GEMM role {role!r}")
+def treatment(recipe: Recipe, role: str, kind: str) -> OperandTreatment:
+    """How an operand of ``kind`` (activation, weight, gradient) is quantized in a ``role`` GEMM."""
+    if role not in ROLES:
+        raise ValueError(f"unknown GEMM role {role!r}")
+    rounding = "sr" if kind in recipe.stochastic_rounding else "rne"
+    block_rows = recipe.block if kind == "weight" and recipe.weight_2d else 1
+    return OperandTreatment(block_rows, rounding, role in recipe.rht)

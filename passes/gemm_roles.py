@@ -74,6 +74,7 @@ class Gemm:
     module: str = ""
     fprop: "Gemm | None" = field(default=None, repr=False)
     keep_reason: str | None = None
+    recipe: object = None  # the Recipe that applies, set by the pass
 
     def operand_kind(self, operand: str) -> str:
         """activation, weight or gradient."""

@@ -18,6 +18,7 @@ import hashlib
 import math
 import operator
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -27,7 +28,8 @@ from torch.utils._pytree import tree_map
 
 from nvfp4_compile import decisions, ops
 from nvfp4_compile.options import BackendOptions
-from nvfp4_compile.recipe import OperandTreatment, treatments
+from nvfp4_compile.policy import PolicyError
+from nvfp4_compile.recipe import OperandTreatment, Recipe, treatment
 
 from .gemm_roles import Gemm, ParamInfo, find_gemms
 
@@ -82,47 +84,50 @@ class QuantizeGemmsPass(CustomGraphPass):
 
     # -- decisions -------------------------------------------------------------------
 
-    def _keep_reason(self, g: Gemm, blocks, tied: set[Node], inference: bool) -> str | None:
-        """Why this GEMM stays in high precision, or None to quantize it."""
-        opts, recipe = self.options, self.options.recipe
+    def _decide(self, g: Gemm, blocks, tied: set[Node], inference: bool) -> tuple[Recipe, str | None]:
+        """The recipe for this GEMM and, if it stays in high precision, why."""
+        policy = self.options.policy
         if g.role == "batched":
-            return "batched matmul (attention) stays in high precision"
+            return policy.recipe, "batched matmul (attention) stays in high precision"
         if g.role == "other":
-            return "not a linear layer's fprop/dgrad/wgrad"
+            return policy.recipe, "not a linear layer's fprop/dgrad/wgrad"
         if g.role == "fprop" and g.weight is None:
-            return "no weight operand (activation x activation)"
-        if g.fprop is not None and g.fprop is not g and g.fprop.keep_reason is not None:
-            return g.fprop.keep_reason
-        if recipe.format == "bf16":
-            return "recipe format is bf16"
-        if inference and not opts.quantize_inference:
-            return "inference graph and quantize_inference is off"
-        for pattern in opts.bf16_modules:
-            if fnmatch.fnmatchcase(g.module, pattern):
-                return f"bf16_modules pattern {pattern!r}"
+            return policy.recipe, "no weight operand (activation x activation)"
+        if g.fprop is not None and g.fprop is not g:
+            return g.fprop.recipe, g.fprop.keep_reason  # dgrad and wgrad follow their layer
+        if inference and not self.options.quantize_inference:
+            return policy.recipe, "inference graph and quantize_inference is off"
         if g.module.split(".")[-1] in HEAD_NAMES:
-            return "output head"
+            return policy.recipe, "output head"
         if g.weight is not None and g.weight.placeholder in tied:
-            return "weight tied to an embedding (output head)"
-        if blocks is not None:
-            prefix, count = blocks
-            tail = math.ceil(opts.bf16_last_blocks_fraction * count)
-            m = re.match(re.escape(prefix) + r"\.(\d+)(\.|$)", g.module)
-            if m and int(m.group(1)) >= count - tail:
-                return f"in the last {tail} of {count} blocks of {prefix}"
+            return policy.recipe, "weight tied to an embedding (output head)"
+        recipe, reason = policy.resolve(g.module, blocks)
+        if reason is not None:
+            return recipe, reason
         dtypes = {g.a.meta["val"].dtype, g.b.meta["val"].dtype}
         if not dtypes <= set(SUPPORTED_DTYPES):
-            return f"operand dtype {sorted(map(str, dtypes))} is not bf16/fp16/fp32"
+            return recipe, f"operand dtype {sorted(map(str, dtypes))} is not bf16/fp16/fp32"
         if g.weight is not None:
             w_shape = g.weight.param.shape
             if g.weight.transposed is None:
-                return "the weight reaches the GEMM through a reshape"
+                return recipe, "the weight reaches the GEMM through a reshape"
             if recipe.weight_2d and any(d % recipe.block for d in w_shape):
-                return f"weight {list(w_shape)} does not tile into {recipe.block}x{recipe.block} blocks"
-        return None
+                message = f"weight {list(w_shape)} does not tile into {recipe.block}x{recipe.block} blocks"
+                named = policy.overrides_setting(g.module, ("weight_2d", "format"))
+                if named is not None:
+                    raise PolicyError(f"{named[1]}: key '{named[0]}': module {g.module}: {message} "
+                                      "(2D weight scaling is impossible here)")
+                return recipe, message
+        return recipe, None
 
-    def _padding_note(self, k) -> str:
-        block = self.options.recipe.block
+    def _warn_unmatched(self, params: dict) -> None:
+        modules = {info.module for info in params.values()}
+        for pattern, key, where in self.options.policy.unmatched_patterns(modules):
+            warnings.warn(f"{where}: key '{key}': pattern {pattern!r} matches no module in graph {self.graph_id}",
+                          stacklevel=2)
+
+    def _padding_note(self, k, recipe: Recipe) -> str:
+        block = recipe.block
         if not isinstance(k, int):
             return f" (K={k} padded to a multiple of {block} at run time)"
         if k % block:
@@ -141,8 +146,7 @@ class QuantizeGemmsPass(CustomGraphPass):
         return node
 
     def _quantize(self, graph: Graph, like: Node, x: Node, t: OperandTreatment, transpose: bool,
-                  label: str) -> tuple[Node, Node, Node]:
-        recipe = self.options.recipe
+                  label: str, recipe: Recipe) -> tuple[Node, Node, Node]:
         if transpose:
             x = self._emit(graph, like, torch.ops.aten.permute.default, (x, [1, 0]))
         if t.rht:
@@ -157,19 +161,21 @@ class QuantizeGemmsPass(CustomGraphPass):
         node = g.a if operand == "a" else g.b
         transpose = operand == "b"  # B enters the GEMM as B^T
         if t.block_rows == 1:
-            return self._quantize(graph, g.node, node, t, transpose, label)
+            return self._quantize(graph, g.node, node, t, transpose, label, g.recipe)
         orientation = g.weight.transposed != transpose  # True: the tensor needed is W^T
-        key = (g.weight.placeholder, orientation)
+        key = (g.weight.placeholder, orientation, g.recipe.format, t.rht)
         if key not in self._weights:
-            other = (g.weight.placeholder, not orientation)
-            if other in self._weights:
+            # A 2D tile reads the same both ways, so the transposed quantization is a move,
+            # unless an RHT along K was applied first.
+            other = (g.weight.placeholder, not orientation, g.recipe.format, t.rht)
+            if other in self._weights and not t.rht:
                 codes, scales, scale = self._weights[other]
                 tq = self._emit(graph, g.node, torch.ops.nvfp4.transpose_2d.default,
-                                (codes, scales, self.options.recipe.format))
+                                (codes, scales, g.recipe.format))
                 self._weights[key] = (self._emit(graph, g.node, operator.getitem, (tq, 0)),
                                       self._emit(graph, g.node, operator.getitem, (tq, 1)), scale)
             else:
-                self._weights[key] = self._quantize(graph, g.node, node, t, transpose, label)
+                self._weights[key] = self._quantize(graph, g.node, node, t, transpose, label, g.recipe)
         return self._weights[key]
 
     def _rewrite(self, graph: Graph, g: Gemm, ta: OperandTreatment, tb: OperandTreatment) -> None:
@@ -182,14 +188,14 @@ class QuantizeGemmsPass(CustomGraphPass):
             if g.weight_operand == "a":
                 qa = self._weight(graph, g, "a", ta, label + " A")
             else:
-                qa = self._quantize(graph, g.node, g.a, ta, False, label + " A")
+                qa = self._quantize(graph, g.node, g.a, ta, False, label + " A", g.recipe)
             if g.weight_operand == "b":
                 qb = self._weight(graph, g, "b", tb, label + " B")
             else:
-                qb = self._quantize(graph, g.node, g.b, tb, True, label + " B")
+                qb = self._quantize(graph, g.node, g.b, tb, True, label + " B", g.recipe)
             out_dtype = g.node.meta["val"].dtype
             out = self._emit(graph, g.node, torch.ops.nvfp4.gemm.default,
-                             (*qa, *qb, g.bias, self.options.recipe.format, out_dtype))
+                             (*qa, *qb, g.bias, g.recipe.format, out_dtype))
         g.node.replace_all_uses_with(out)
         self._replaced[g.node] = out
         graph.erase_node(g.node)
@@ -204,10 +210,12 @@ class QuantizeGemmsPass(CustomGraphPass):
         tied = {n for n in params if any(u.target is torch.ops.aten.embedding.default for u in n.users)}
         blocks = repeated_blocks(info.module for info in params.values())
         gemms = find_gemms(graph, params)
-        recipe = self.options.recipe
+        # Decide everything (and raise on an impossible policy) before changing anything.
         for g in gemms:
-            g.keep_reason = self._keep_reason(g, blocks, tied, inference)
+            g.recipe, g.keep_reason = self._decide(g, blocks, tied, inference)
+        self._warn_unmatched(params)
         for g in gemms:
+            recipe = g.recipe
             dtype = _SHORT_DTYPE.get(g.node.meta["val"].dtype, str(g.node.meta["val"].dtype))
             shape = "x".join(str(d) for d in g.shape)
             kinds = {"a_operand": g.operand_kind("a"), "b_operand": g.operand_kind("b")}
@@ -215,13 +223,11 @@ class QuantizeGemmsPass(CustomGraphPass):
                 self.decisions.append(decisions.GemmDecision(
                     self.graph_id, g.module, g.role, dtype, dtype, dtype, g.keep_reason, shape, **kinds))
                 continue
-            ta, tb = treatments(recipe, g.role, gradient_is_a=g.gradient_operand != "b")
-            if g.role != "wgrad" and g.weight_operand == "a":
-                ta, tb = tb, ta
+            ta, tb = (treatment(recipe, g.role, kinds[f"{x}_operand"]) for x in "ab")
             self._rewrite(graph, g, ta, tb)
             self.decisions.append(decisions.GemmDecision(
                 self.graph_id, g.module, g.role, ta.describe(recipe.block), tb.describe(recipe.block),
-                recipe.format, "recipe" + self._padding_note(g.shape[-1]), shape, **kinds))
+                recipe.format, "recipe" + self._padding_note(g.shape[-1], recipe), shape, **kinds))
         graph.eliminate_dead_code()
         graph.lint()
         decisions.record(self.decisions)

@@ -151,7 +151,7 @@ def test_bf16_modules_option_and_format_override():
     options = {"bf16_modules": ["layers.0"], "bf16_last_blocks_fraction": 0.0, "recipe": {"format": "mxfp4"}}
     torch.compile(model, backend="nvfp4", options=options)(x).sum().backward()
     roles = by_role(nc.explain())
-    assert roles[("layers.0", "fprop")].reason == "bf16_modules pattern 'layers.0'"
+    assert roles[("layers.0", "fprop")].reason.startswith("high_precision pattern 'layers.0'")
     assert roles[("layers.1", "fprop")].precision == "mxfp4" and roles[("layers.1", "fprop")].b == "32x32 RNE"
     assert roles[("layers.2", "wgrad")].precision == "mxfp4"
 
@@ -164,6 +164,10 @@ def test_unknown_option_lists_the_valid_keys():
         nc.backend.BackendOptions.from_dict({"recipe": {"rhtt": True}})
     with pytest.raises(ValueError, match="format"):
         nc.backend.BackendOptions.from_dict({"recipe": {"format": "fp8"}})
+    with pytest.raises(TypeError, match="policy"):
+        nc.backend.BackendOptions.from_dict({"policy": 3})
+    with pytest.raises(TypeError, match="dump_dir"):
+        nc.backend.BackendOptions.from_dict({"dump_dir": 3})
     with pytest.raises(TypeError, match="check_finite"):
         nc.backend.BackendOptions.from_dict({"check_finite": "yes"})
 
