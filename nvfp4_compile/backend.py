@@ -22,7 +22,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 from passes.gemm_roles import ParamInfo, param_info_from_source
 from passes.quantize_gemms import QuantizeGemmsPass
 
-from . import decisions, ops  # noqa: F401  (ops registers the nvfp4:: operators)
+from . import decisions, dumps, ops  # noqa: F401  (ops registers the nvfp4:: operators)
 from .options import BackendOptions
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,12 @@ def nvfp4_backend(gm: torch.fx.GraphModule, example_inputs, *, options: dict | N
     if mode is not None:
         from torch._inductor import list_mode_options
         patches.update(list_mode_options(mode))
-    compiled = compile_fx(gm, example_inputs, config_patches=patches)
+    if config.dump_dir is not None:
+        # A hit in AOTAutograd's cache skips the joint graph, and with it the graphs to dump.
+        with torch._functorch.config.patch(enable_autograd_cache=False):
+            compiled = compile_fx(gm, example_inputs, config_patches=patches)
+    else:
+        compiled = compile_fx(gm, example_inputs, config_patches=patches)
     saved = _decisions_file(our_pass, gm, example_inputs)
     if our_pass.ran:
         saved.parent.mkdir(parents=True, exist_ok=True)
@@ -103,6 +108,9 @@ def nvfp4_backend(gm: torch.fx.GraphModule, example_inputs, *, options: dict | N
     elif saved.exists():  # an Inductor cache hit: the pass did not run this time
         records = [decisions.GemmDecision(**{**d, "graph": graph_id}) for d in json.loads(saved.read_text())]
         decisions.record(records)
+        if config.dump_dir is not None:
+            dumps.append_records(config.dump_dir, records)
+            log.info("nvfp4: graph %d came from Inductor's cache; its graphs are not re-dumped", graph_id)
     else:
         log.warning("nvfp4: graph %d came from a cache without recorded decisions; explain() will miss it",
                     graph_id)

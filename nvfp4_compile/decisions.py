@@ -30,6 +30,8 @@ class GemmDecision:
     shape: str  # "MxNxK": C[M, N] = A[M, K] @ B[K, N]
     a_operand: str = "activation"
     b_operand: str = "activation"
+    flops: int | None = None  # 2*M*N*K (batched: times the batch), None if a size has no hint
+    saved_activation_elements: int = 0  # wgrad: elements of X^T that the forward saves for it
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -47,6 +49,37 @@ class Explanation(list):
                           d.precision, d.reason, d.shape)
         return table
 
+    def totals(self) -> dict:
+        """FLOPs by precision and the bytes of activations saved for wgrad, FP4 vs BF16."""
+        flops: dict[str, int] = {}
+        saved_quantized = saved_bf16_equivalent = saved_high = 0
+        for d in self:
+            if d.flops is not None:
+                flops[d.precision] = flops.get(d.precision, 0) + d.flops
+            n = d.saved_activation_elements
+            if d.precision in ("nvfp4", "mxfp4"):
+                block = 16 if d.precision == "nvfp4" else 32
+                saved_quantized += n // 2 + n // block  # codes + one scale byte per block
+                saved_bf16_equivalent += 2 * n
+            else:
+                saved_high += _BYTES.get(d.precision, 2) * n
+        return {"flops": flops, "saved_activation_bytes": {
+            "fp4_codes_and_scales": saved_quantized, "bf16_if_unquantized": saved_bf16_equivalent,
+            "high_precision_layers": saved_high}}
+
+    def summary(self) -> str:
+        """The table and the totals, as plain text."""
+        totals = self.totals()
+        all_flops = sum(totals["flops"].values()) or 1
+        lines = [str(self), "Totals"]
+        for precision, f in sorted(totals["flops"].items()):
+            lines.append(f"  GEMM FLOPs in {precision}: {f:,} ({100 * f / all_flops:.1f}%)")
+        saved = totals["saved_activation_bytes"]
+        lines.append(f"  activations saved for wgrad: {saved['fp4_codes_and_scales']:,} bytes as FP4 codes+scales "
+                     f"(BF16 would be {saved['bf16_if_unquantized']:,}); "
+                     f"{saved['high_precision_layers']:,} bytes for high-precision layers")
+        return "\n".join(lines) + "\n"
+
     def __rich__(self):
         return self.table()
 
@@ -56,6 +89,7 @@ class Explanation(list):
         return console.file.getvalue()
 
 
+_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4, "fp64": 8}
 _lock = threading.Lock()
 _records: list[GemmDecision] = []
 _graph_count = 0

@@ -26,7 +26,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 from torch.fx import Graph, Node
 from torch.utils._pytree import tree_map
 
-from nvfp4_compile import decisions, ops
+from nvfp4_compile import decisions, dumps, ops
 from nvfp4_compile.options import BackendOptions
 from nvfp4_compile.policy import PolicyError
 from nvfp4_compile.recipe import OperandTreatment, Recipe, treatment
@@ -64,6 +64,25 @@ def _sources_digest() -> str:
             h.update(path.name.encode())
             h.update(path.read_bytes())
     return h.hexdigest()
+
+
+def _size_hint(d) -> int | None:
+    if isinstance(d, int):
+        return d
+    hint = getattr(getattr(d, "node", None), "hint", None)
+    return int(hint) if hint is not None else None
+
+
+def _sizes(g: Gemm) -> dict:
+    """FLOPs and, for wgrad, the activation elements the forward saves for it."""
+    dims = [_size_hint(d) for d in g.shape]
+    if any(d is None for d in dims):
+        return {}
+    out = {"flops": 2 * math.prod(dims)}
+    if g.role == "wgrad":
+        act = g.b if g.gradient_operand == "a" else g.a
+        out["saved_activation_elements"] = math.prod(_size_hint(d) or 0 for d in act.meta["val"].shape)
+    return out
 
 
 class QuantizeGemmsPass(CustomGraphPass):
@@ -201,6 +220,17 @@ class QuantizeGemmsPass(CustomGraphPass):
         graph.erase_node(g.node)
 
     def __call__(self, graph: Graph) -> None:
+        dumping = self.options.dump_dir is not None
+        tracing = bool(torch._logging._internal.trace_log.handlers)
+        before = graph.python_code("self").src if dumping or tracing else None
+        self._rewrite_graph(graph)
+        if before is not None:
+            after = graph.python_code("self").src
+            dumps.emit(self.options.dump_dir, self.graph_id, before, after, self.decisions)
+        decisions.record(self.decisions)
+        self.ran = True
+
+    def _rewrite_graph(self, graph: Graph) -> None:
         placeholders = [n for n in graph.nodes if n.op == "placeholder"]
         params = {node: info for node, info in zip(placeholders, self.params) if info is not None}
         self._fake_mode = torch._guards.detect_fake_mode([n.meta.get("val") for n in placeholders])
@@ -218,7 +248,7 @@ class QuantizeGemmsPass(CustomGraphPass):
             recipe = g.recipe
             dtype = _SHORT_DTYPE.get(g.node.meta["val"].dtype, str(g.node.meta["val"].dtype))
             shape = "x".join(str(d) for d in g.shape)
-            kinds = {"a_operand": g.operand_kind("a"), "b_operand": g.operand_kind("b")}
+            kinds = {"a_operand": g.operand_kind("a"), "b_operand": g.operand_kind("b"), **_sizes(g)}
             if g.keep_reason is not None:
                 self.decisions.append(decisions.GemmDecision(
                     self.graph_id, g.module, g.role, dtype, dtype, dtype, g.keep_reason, shape, **kinds))
@@ -230,5 +260,3 @@ class QuantizeGemmsPass(CustomGraphPass):
                 recipe.format, "recipe" + self._padding_note(g.shape[-1], recipe), shape, **kinds))
         graph.eliminate_dead_code()
         graph.lint()
-        decisions.record(self.decisions)
-        self.ran = True
