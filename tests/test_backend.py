@@ -311,6 +311,13 @@ def test_fx_graph_cache_hits_on_the_same_config_and_misses_on_a_change(tmp_path,
     assert len(nc.explain()) == 2 * 8  # decisions are recorded on a cache hit too
     assert compile_once({"recipe": {"stochastic_rounding": True}})[1] > 0
     assert compile_once({**NO_SR, "bf16_modules": ["layers.1"]})[1] > 0
+    # A policy is part of the key by content: the same content as a dict or a file hits.
+    policy = {"recipe": {"rht": False}}
+    assert compile_once({"policy": policy})[1] > 0
+    path = tmp_path / "same.toml"
+    path.write_text("[recipe]\nrht = false\n")
+    hits, misses = compile_once({"policy": str(path)})
+    assert hits > 0 and misses == 0
 
 
 def test_transposed_weights_and_tied_weights():
