@@ -32,11 +32,13 @@ def padded_k(k, block: int):
     return (k + block - 1) // block * block
 
 
-@torch.library.custom_op("nvfp4::rht", mutates_args=())
-def rht(x: torch.Tensor) -> torch.Tensor:
+def reference_rht(x: torch.Tensor) -> torch.Tensor:
     """The 16-point RHT along the last dimension (padded to 16 with zeros), output in BF16."""
     pad = padded_k(x.shape[-1], 16) - x.shape[-1]
     return _rht(F.pad(x, (0, pad)) if pad else x).to(torch.bfloat16)
+
+
+rht = torch.library.custom_op("nvfp4::rht", mutates_args=())(reference_rht)
 
 
 @rht.register_fake
@@ -44,9 +46,8 @@ def _(x):
     return x.new_empty((*x.shape[:-1], padded_k(x.shape[-1], 16)), dtype=torch.bfloat16)
 
 
-@torch.library.custom_op("nvfp4::quantize", mutates_args=())
-def quantize(x: torch.Tensor, format: str, block_rows: int, rounding: str,
-             check: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def reference_quantize(x: torch.Tensor, format: str, block_rows: int, rounding: str,
+                       check: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Quantize ``x [rows, K]`` along K; returns (codes, scale bits, decode scale).
 
     ``check``, when not empty, names the GEMM operand ("layers.0.fc1 fprop A"): a NaN or
@@ -61,6 +62,9 @@ def quantize(x: torch.Tensor, format: str, block_rows: int, rounding: str,
     q = _quantize(x.contiguous(), block=(block_rows, block), rounding=rounding, format=format)
     scale = q.global_scale if format == "nvfp4" else torch.ones((), dtype=torch.float32, device=x.device)
     return q.codes, q.scales.view(torch.uint8), scale
+
+
+quantize = torch.library.custom_op("nvfp4::quantize", mutates_args=())(reference_quantize)
 
 
 @quantize.register_fake
@@ -96,8 +100,7 @@ def _(codes, scale_bits, format):
     return codes.new_empty((k, rows // 2)), scale_bits.new_empty((k, rows // block))
 
 
-@torch.library.custom_op("nvfp4::gemm", mutates_args=())
-def gemm(a_codes: torch.Tensor, a_scale_bits: torch.Tensor, a_scale: torch.Tensor,
+def reference_gemm(a_codes: torch.Tensor, a_scale_bits: torch.Tensor, a_scale: torch.Tensor,
          b_codes: torch.Tensor, b_scale_bits: torch.Tensor, b_scale: torch.Tensor,
          bias: torch.Tensor | None, format: str, out_dtype: torch.dtype) -> torch.Tensor:
     """``C = A @ B^T (+ bias)`` for A and B quantized along K (NUMERICS.md §6); ``[M, N]`` in ``out_dtype``."""
@@ -107,6 +110,57 @@ def gemm(a_codes: torch.Tensor, a_scale_bits: torch.Tensor, a_scale: torch.Tenso
     return mm(a, b, out_dtype=out_dtype, bias=bias)
 
 
+gemm = torch.library.custom_op("nvfp4::gemm", mutates_args=())(reference_gemm)
+
+
 @gemm.register_fake
 def _(a_codes, a_scale_bits, a_scale, b_codes, b_scale_bits, b_scale, bias, format, out_dtype):
     return a_codes.new_empty((a_codes.shape[0], b_codes.shape[0]), dtype=out_dtype)
+
+
+# -- CUDA: Triton kernels (Hopper emulation) -----------------------------------------------
+# Set NVFP4_COMPILE_REFERENCE_KERNELS=1 to run the reference implementations on CUDA too.
+
+def _fast_path_available(device: torch.device) -> bool:
+    import os
+
+    if os.environ.get("NVFP4_COMPILE_REFERENCE_KERNELS") == "1" or device.type != "cuda":
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@quantize.register_kernel("cuda")
+def _(x, format, block_rows, rounding, check):
+    if format != "nvfp4" or not _fast_path_available(x.device):
+        return reference_quantize(x, format, block_rows, rounding, check)
+    from .kernels.triton_quantize import quantize_nvfp4
+
+    if check and not bool(torch.isfinite(x).all()):
+        raise FloatingPointError(f"non-finite values (NaN or Inf) reach the FP4 quantizer of {check}")
+    pad = padded_k(x.shape[1], 16) - x.shape[1]
+    if pad:
+        x = F.pad(x, (0, pad))
+    return quantize_nvfp4(x, block_rows, rounding)
+
+
+@rht.register_kernel("cuda")
+def _(x):
+    if x.dim() != 2 or not _fast_path_available(x.device):
+        return reference_rht(x)
+    from .kernels.triton_dequant import rht_to_bf16
+
+    pad = padded_k(x.shape[-1], 16) - x.shape[-1]
+    return rht_to_bf16(F.pad(x, (0, pad)) if pad else x)
+
+
+@gemm.register_kernel("cuda")
+def _(a_codes, a_scale_bits, a_scale, b_codes, b_scale_bits, b_scale, bias, format, out_dtype):
+    if format != "nvfp4" or not _fast_path_available(a_codes.device):
+        return reference_gemm(a_codes, a_scale_bits, a_scale, b_codes, b_scale_bits, b_scale, bias, format, out_dtype)
+    from .kernels.triton_dequant import emulated_gemm
+
+    return emulated_gemm(a_codes, a_scale_bits, a_scale, b_codes, b_scale_bits, b_scale, bias, out_dtype)

@@ -352,7 +352,11 @@ def test_transposed_weights_and_tied_weights():
 
 
 @pytest.mark.gpu
-def test_cuda_mlp_matches_the_emulation():
+@pytest.mark.parametrize("kernels", ["reference", "triton"])
+def test_cuda_mlp_matches_the_emulation(kernels, monkeypatch):
+    """Reference kernels on CUDA: bit-exact. Triton kernels: the same codes and scales, GEMMs
+    summed in cuBLAS's FP32 order instead of exactly, so equal within FP32 rounding."""
+    monkeypatch.setenv("NVFP4_COMPILE_REFERENCE_KERNELS", "1" if kernels == "reference" else "0")
     torch.manual_seed(0)
     model, x = MLP().cuda(), torch.randn(32, 64, device="cuda")
     reference = emulate(model, keep=("layers.2",))
@@ -360,8 +364,11 @@ def test_cuda_mlp_matches_the_emulation():
     compiled(x).square().mean().backward()
     reference(x).square().mean().backward()
     for name, g in grads(model).items():
-        if name.endswith("weight"):
-            assert torch.equal(g, grads(reference)[name]), name
+        want = grads(reference)[name]
+        if kernels == "triton":
+            assert torch.allclose(g, want, rtol=1e-4, atol=1e-6), name
+        elif name.endswith("weight"):
+            assert torch.equal(g, want), name
 
 
 def test_operand_kinds_and_padding_are_recorded():

@@ -1,0 +1,55 @@
+"""NVFP4 linear layer forward+backward against the BF16 linear, M=N=K, in one run.
+
+    python bench/linear.py [--sizes 2048 4096 8192]
+
+NVFP4 is ``torch.compile(nn.Linear, backend="nvfp4")`` (every quantization, RHT, SR and the
+three emulated GEMMs); BF16 is the same layer under the default Inductor backend.
+Targets: within 1.10x of BF16 at 8192, 1.25x at 4096.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import median_ms, report  # noqa: E402
+
+import nvfp4_compile  # noqa: E402,F401
+
+
+def step_fn(layer, x, backend):
+    compiled = torch.compile(layer, backend=backend, options={"bf16_last_blocks_fraction": 0.0}
+                             if backend == "nvfp4" else None)
+    grad = torch.randn(x.shape[0], layer.out_features, device="cuda", dtype=torch.bfloat16)
+
+    def step():
+        layer.weight.grad = None
+        x.grad = None
+        compiled(x).backward(grad)
+    return step
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 4096, 8192])
+    args = parser.parse_args(argv)
+    rows = []
+    for n in args.sizes:
+        torch._dynamo.reset()
+        layer = torch.nn.Linear(n, n, bias=False, device="cuda", dtype=torch.bfloat16)
+        x = torch.randn(n, n, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        bf16 = median_ms(step_fn(layer, x, "inductor"))
+        torch._dynamo.reset()
+        nvfp4 = median_ms(step_fn(layer, x, "nvfp4"))
+        tflops = 3 * 2 * n ** 3 / 1e12
+        rows.append([n, bf16, nvfp4, nvfp4 / bf16, tflops / (bf16 / 1e3), tflops / (nvfp4 / 1e3)])
+    report("Linear fwd+bwd, M=N=K, BF16 weights and inputs", ["size", "bf16 ms", "nvfp4 ms", "nvfp4/bf16",
+                                                              "bf16 TFLOP/s", "nvfp4 TFLOP/s"], rows, "linear", {})
+
+
+if __name__ == "__main__":
+    main()
