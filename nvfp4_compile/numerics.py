@@ -14,7 +14,7 @@ Quantizing ``x`` (``[rows, K]``, blocks along ``K``) to NVFP4, round to nearest 
     x_hat   = q * s_dec_b * S_dec                      (dequantize)
 
 With ``rht=True`` the 16-point Random Hadamard Transform is applied along ``K``
-first and its output rounded to BF16; the amaxes are then those of the
+first, its exact output rounded to FP32 and then to BF16; the amaxes are then those of the
 transformed tensor. ``rounding="sr"`` replaces the last rounding by stochastic
 rounding, with uniform draws from ``generator`` (or the device's default
 generator, so ``torch.manual_seed`` makes it reproducible).
@@ -210,7 +210,8 @@ def quantize(x: torch.Tensor, *, block: tuple[int, int] | None = None, rounding:
     _check_input(x, format, block)
 
     if rht:
-        x = _rht(x).to(torch.bfloat16)
+        # The exact transform, rounded to FP32 and then to BF16 (for every input dtype).
+        x = _rht(x.to(torch.float32)).to(torch.bfloat16)
     xf = x.to(torch.float32)
     finite = torch.isfinite(xf)
     magnitude = torch.where(finite, xf.abs(), torch.zeros((), device=xf.device))

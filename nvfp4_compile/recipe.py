@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dataclasses import dataclass
 
 FORMATS = ("nvfp4", "mxfp4", "bf16")
 ROLES = ("fprop", "dgrad", "wgrad")

@@ -13,11 +13,9 @@ with its reason (``nvfp4_compile.explain()``). Nothing else in the graph changes
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import math
 import operator
-import re
 import warnings
 from pathlib import Path
 

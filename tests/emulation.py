@@ -8,7 +8,6 @@ import copy
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import nvfp4_compile as nc
 

@@ -1,7 +1,6 @@
 import importlib
 import inspect
 import re
-import sys
 import tomllib
 from pathlib import Path
 

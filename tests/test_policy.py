@@ -1,6 +1,5 @@
 import re
 import textwrap
-import warnings
 from pathlib import Path
 
 import pytest
@@ -8,7 +7,7 @@ import torch
 
 import nvfp4_compile as nc
 from models import MLP
-from nvfp4_compile.policy import Policy, PolicyError, load_policy
+from nvfp4_compile.policy import PolicyError, load_policy
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "policies" / "paper_12b.toml"
 

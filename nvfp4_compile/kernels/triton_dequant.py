@@ -76,6 +76,10 @@ def _rht_kernel(x_ptr, out_ptr, R, K, stride_r, stride_k, h_ptr, BLOCK_R: tl.con
 def rht_to_bf16(x: torch.Tensor) -> torch.Tensor:
     """The 16-point RHT along the last dimension of a 2-D tensor (K a multiple of 16), in BF16."""
     R, K = x.shape
+    if x.dtype != torch.bfloat16:  # FP16/FP32 sums need more than the kernel's FP32 dot
+        from ..hadamard import rht
+
+        return rht(x.to(torch.float32)).to(torch.bfloat16)
     out = torch.empty((R, K), dtype=torch.bfloat16, device=x.device)
     if R and K:
         grid = (triton.cdiv(R, 16), triton.cdiv(K, 64))

@@ -22,7 +22,7 @@ import triton.language as tl
 
 from ..hadamard import rht_matrix
 
-FP32_MAX = 3.4028234663852886e38
+FP32_MAX = tl.constexpr(3.4028234663852886e38)
 
 
 @triton.jit
@@ -35,11 +35,12 @@ def _round_to_bf16(f):
 
 @triton.jit
 def _rht_tile(x, h, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
-    """[BLOCK_R, BLOCK_K] fp32 -> each 16-run times H, rounded to BF16 (kept in fp32).
+    """[BLOCK_R, BLOCK_K] BF16 values (in fp32) -> each 16-run times H, rounded to BF16.
 
-    The products x * (+-1/4) are exact; the 16-term sum is an IEEE FP32 dot, which equals the
-    exact sum whenever the terms span fewer than 2^16 in magnitude, so the BF16 result then
-    equals the reference's (exact sum rounded once)."""
+    For BF16 inputs the products x * (+-1/4) are exact and the IEEE FP32 dot of 16 of them is
+    the exact sum unless the run spans more than 2^16 in magnitude, so the result is the
+    reference's (exact, then FP32, then BF16). FP16/FP32 inputs take the reference RHT first
+    (see ``quantize_nvfp4``): their sums need more than FP32."""
     runs = tl.reshape(x, (BLOCK_R * (BLOCK_K // 16), 16))
     y = tl.dot(runs, h, input_precision="ieee")
     return _round_to_bf16(tl.reshape(y, (BLOCK_R, BLOCK_K)))
@@ -131,17 +132,11 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, amax_bits_ptr, s_dec_ptr, see
     finite = tl.abs(x) <= FP32_MAX
     a = tl.where(finite, tl.abs(x), 0.0)
     NB: tl.constexpr = BLOCK_K // 16
-    if TWO_D:
-        a4 = tl.reshape(a, (BLOCK_R // 16, 16, NB, 16))
-        bmax = tl.max(tl.max(a4, axis=3), axis=1)  # [BLOCK_R/16, NB]
-        bad = tl.max(tl.max(tl.reshape((~finite).to(tl.int32), (BLOCK_R // 16, 16, NB, 16)), axis=3), axis=1)
-        bmax = tl.reshape(tl.broadcast_to(tl.reshape(bmax, (BLOCK_R // 16, 1, NB)), (BLOCK_R // 16, 16, NB)),
-                          (BLOCK_R, NB))
-        bad = tl.reshape(tl.broadcast_to(tl.reshape(bad, (BLOCK_R // 16, 1, NB)), (BLOCK_R // 16, 16, NB)),
-                         (BLOCK_R, NB))
-    else:
-        bmax = tl.max(tl.reshape(a, (BLOCK_R, NB, 16)), axis=2)
-        bad = tl.max(tl.reshape((~finite).to(tl.int32), (BLOCK_R, NB, 16)), axis=2)
+    bmax = tl.max(tl.reshape(a, (BLOCK_R, NB, 16)), axis=2)
+    bad = tl.max(tl.reshape((~finite).to(tl.int32), (BLOCK_R, NB, 16)), axis=2)
+    if TWO_D:  # BLOCK_R == 16: the tile's 16 rows are this program's rows
+        bmax = tl.broadcast_to(tl.reshape(tl.max(bmax, axis=0), (1, NB)), (BLOCK_R, NB))
+        bad = tl.broadcast_to(tl.reshape(tl.max(bad, axis=0), (1, NB)), (BLOCK_R, NB))
 
     scale_bits = _e4m3_bits(bmax * (s_enc * one_sixth))
     scale_bits = tl.where(bad != 0, 0x7F, scale_bits)
@@ -186,6 +181,10 @@ def quantize_nvfp4(x: torch.Tensor, block_rows: int = 1, rounding: str = "rne", 
     R, K = x.shape
     if K % 16 or (block_rows == 16 and R % 16):
         raise ValueError(f"quantize_nvfp4: shape {tuple(x.shape)} does not tile into blocks of {block_rows}x16")
+    if rht and x.dtype != torch.bfloat16:
+        from ..hadamard import rht as reference_rht
+
+        x, rht = reference_rht(x.to(torch.float32)).to(torch.bfloat16), False
     codes = torch.empty((R, K // 2), dtype=torch.uint8, device=x.device)
     scales = torch.empty((R, K // 16), dtype=torch.uint8, device=x.device)
     amax_bits = torch.zeros((), dtype=torch.int32, device=x.device)
