@@ -1,0 +1,115 @@
+"""A GPT-style training step under backend="nvfp4" against the default Inductor backend.
+
+    python bench/train_step.py            # ~1B parameters, sequence 2048, BF16 weights, AdamW (GPU)
+    python bench/train_step.py --tiny     # a few-layer model, to check the script on a CPU
+
+Reports tokens/s and peak memory of each backend in the same run and their ratios.
+Targets (issue 5): tokens/s at least 0.87x of Inductor, peak memory at most 0.80x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import report  # noqa: E402
+
+import nvfp4_compile  # noqa: E402,F401
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.RMSNorm(dim), nn.RMSNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+        self.up = nn.Linear(dim, 4 * dim, bias=False)
+        self.down = nn.Linear(4 * dim, dim, bias=False)
+
+    def forward(self, x):
+        b, s, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, s, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, s, d)
+        x = x + self.proj(y)
+        return x + self.down(F.gelu(self.up(self.norm2(x))))
+
+
+class GPT(nn.Module):
+    def __init__(self, vocab: int, dim: int, depth: int, heads: int):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.layers = nn.ModuleList(Block(dim, heads) for _ in range(depth))
+        self.norm = nn.RMSNorm(dim)
+        self.lm_head = nn.Linear(dim, vocab, bias=False)
+
+    def forward(self, tokens):
+        x = self.embed(tokens)
+        for layer in self.layers:
+            x = layer(x)
+        return self.lm_head(self.norm(x))
+
+
+def run(backend: str, config: dict, steps: int, device: str) -> dict:
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = GPT(**config["model"]).to(device=device, dtype=torch.bfloat16)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
+    compiled = torch.compile(model, backend=backend)
+    batch, seq = config["batch"], config["seq"]
+    tokens = torch.randint(0, config["model"]["vocab"], (batch, seq + 1), device=device)
+
+    def step():
+        logits = compiled(tokens[:, :-1])
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    for _ in range(2):  # compile and warm up
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    loss = loss.item()  # one synchronization, after the timed steps
+    if device == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
+    params = sum(p.numel() for p in model.parameters())
+    return {"tokens_per_s": steps * batch * seq / elapsed, "peak_gib": peak, "loss": loss, "params": params}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.tiny:
+        config = {"model": dict(vocab=256, dim=64, depth=4, heads=4), "batch": 2, "seq": 64}
+    else:  # ~1.1B parameters: 24 blocks of width 2048 with a 32k vocabulary
+        config = {"model": dict(vocab=32768, dim=2048, depth=24, heads=16), "batch": 4, "seq": 2048}
+    base = run("inductor", config, args.steps, device)
+    ours = run("nvfp4", config, args.steps, device)
+    rows = [[name, r["params"] / 1e6, r["tokens_per_s"], r["peak_gib"], r["loss"]]
+            for name, r in (("inductor (bf16)", base), ("nvfp4", ours))]
+    rows.append(["nvfp4 / inductor", 1.0, ours["tokens_per_s"] / base["tokens_per_s"],
+                 ours["peak_gib"] / base["peak_gib"], float("nan")])
+    report(f"Training step on {device}", ["backend", "params (M)", "tokens/s", "peak GiB", "loss"], rows,
+           "train_step", {"config": config, "steps": args.steps})
+
+
+if __name__ == "__main__":
+    main()
