@@ -8,13 +8,13 @@ dgrad      out features         dY: 1x16, SR                       W^T: the same
 wgrad      tokens               dY^T: RHT16, 1x16, SR              X^T: RHT16, 1x16, RNE
 =========  ===================  =================================  ==========================
 
-SR is never applied to weights or activations; RHT only to Wgrad inputs.
+That is the default (the paper's recipe): SR on gradients only, RHT on Wgrad inputs only.
+A policy may change both per module (``nvfp4_compile.policy``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 
 FORMATS = ("nvfp4", "mxfp4", "bf16")
 ROLES = ("fprop", "dgrad", "wgrad")
