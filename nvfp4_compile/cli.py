@@ -119,7 +119,7 @@ def plan(args) -> int:
         return 2
     explanation = decisions.explain()
     console.print(explanation.table())
-    console.print(explanation.summary().split("Totals", 1)[1].join(["Totals", ""]))
+    console.print(explanation.totals_text())
     if args.json:
         Path(args.json).write_text(json.dumps({"gemms": [d.to_dict() for d in explanation],
                                                "totals": explanation.totals()}, indent=1))

@@ -69,9 +69,12 @@ class Explanation(list):
 
     def summary(self) -> str:
         """The table and the totals, as plain text."""
+        return str(self) + self.totals_text()
+
+    def totals_text(self) -> str:
         totals = self.totals()
         all_flops = sum(totals["flops"].values()) or 1
-        lines = [str(self), "Totals"]
+        lines = ["Totals"]
         for precision, f in sorted(totals["flops"].items()):
             lines.append(f"  GEMM FLOPs in {precision}: {f:,} ({100 * f / all_flops:.1f}%)")
         saved = totals["saved_activation_bytes"]

@@ -23,8 +23,8 @@ OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 def _check_operands(a, b, kind: type, out_dtype: torch.dtype, name: str) -> None:
     for label, operand in (("a", a), ("b", b)):
         if not isinstance(operand, kind):
-            hint = " (use mxfp4_mm for MXFP4 operands)" if isinstance(operand, MXFP4Tensor) else ""
-            hint = " (use nvfp4_mm for NVFP4 operands)" if isinstance(operand, NVFP4Tensor) else hint
+            sibling = {MXFP4Tensor: "mxfp4_mm", NVFP4Tensor: "nvfp4_mm"}.get(type(operand))
+            hint = f" (use {sibling} for {type(operand).__name__} operands)" if sibling else ""
             raise TypeError(f"{name}: operand {label} must be a {kind.__name__}, got {type(operand).__name__}{hint}")
     if a.shape[1] != b.shape[1]:
         raise ValueError(

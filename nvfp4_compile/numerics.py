@@ -31,7 +31,7 @@ so one bad element does not change the scales of the other blocks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -44,8 +44,34 @@ SUPPORTED_INPUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 ROUNDINGS = ("rne", "sr")
 
 
+class _BlockScaledFP4:
+    """What NVFP4 and MXFP4 tensors share: a device, dequantization and the 2D transpose."""
+
+    @property
+    def device(self) -> torch.device:
+        return self.codes.device
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return dequantize(self, dtype)
+
+    def t(self):
+        """The quantization of ``x.T``, for a 2D-scaled tensor, by moving codes and scales.
+
+        A square tile shares one scale whichever way it is read, so this equals
+        ``quantize(x.T, block=(16, 16))`` bit for bit: the weight that Dgrad reads is
+        the very weight Fprop read. 1D scaling has no such transpose.
+        """
+        if self.block[0] != self.block[1]:
+            raise ValueError(
+                f"only 2D-scaled tensors can be transposed in place (block {self.block}); "
+                "quantize the transposed tensor instead")
+        return replace(self, codes=_transpose_codes(self.codes),
+                       scales=_transpose_tile_scales(self.scales, self.block[0]),
+                       shape=torch.Size((self.shape[1], self.shape[0])))
+
+
 @dataclass
-class NVFP4Tensor:
+class NVFP4Tensor(_BlockScaledFP4):
     """A 2-D tensor in NVFP4, quantized in blocks along its last dimension ``K``.
 
     Attributes:
@@ -63,35 +89,9 @@ class NVFP4Tensor:
     shape: torch.Size
     block: tuple[int, int]
 
-    @property
-    def device(self) -> torch.device:
-        return self.codes.device
-
-    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return dequantize(self, dtype)
-
-    def t(self) -> "NVFP4Tensor":
-        """The quantization of ``x.T``, for a 2D-scaled tensor, by moving codes and scales.
-
-        A 16x16 tile shares one scale whichever way it is read, so this equals
-        ``quantize(x.T, block=(16, 16))`` bit for bit: the weight that Dgrad reads is
-        the very weight Fprop read. 1D scaling has no such transpose.
-        """
-        if self.block[0] != self.block[1]:
-            raise ValueError(
-                f"only 2D-scaled tensors can be transposed in place (block {self.block}); "
-                "quantize the transposed tensor instead")
-        return NVFP4Tensor(
-            codes=_transpose_codes(self.codes),
-            scales=_transpose_tile_scales(self.scales, self.block[0]),
-            global_scale=self.global_scale,
-            shape=torch.Size((self.shape[1], self.shape[0])),
-            block=self.block,
-        )
-
 
 @dataclass
-class MXFP4Tensor:
+class MXFP4Tensor(_BlockScaledFP4):
     """A 2-D tensor in MXFP4 (OCP Microscaling): E2M1 codes, one E8M0 scale per 32 elements.
 
     Attributes:
@@ -105,26 +105,6 @@ class MXFP4Tensor:
     scales: torch.Tensor
     shape: torch.Size
     block: tuple[int, int]
-
-    @property
-    def device(self) -> torch.device:
-        return self.codes.device
-
-    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return dequantize(self, dtype)
-
-    def t(self) -> "MXFP4Tensor":
-        """The quantization of ``x.T`` for a 2D-scaled tensor (see :meth:`NVFP4Tensor.t`)."""
-        if self.block[0] != self.block[1]:
-            raise ValueError(
-                f"only 2D-scaled tensors can be transposed in place (block {self.block}); "
-                "quantize the transposed tensor instead")
-        return MXFP4Tensor(
-            codes=_transpose_codes(self.codes),
-            scales=_transpose_tile_scales(self.scales, self.block[0]),
-            shape=torch.Size((self.shape[1], self.shape[0])),
-            block=self.block,
-        )
 
 
 #: Blocks each format supports; the first is the default.

@@ -46,6 +46,14 @@ def _(x):
     return x.new_empty((*x.shape[:-1], padded_k(x.shape[-1], 16)), dtype=torch.bfloat16)
 
 
+def _checked_and_padded(x: torch.Tensor, block: int, check: str) -> torch.Tensor:
+    """Raise on NaN/Inf when ``check`` names the operand; zero-pad K up to the block."""
+    if check and not bool(torch.isfinite(x).all()):
+        raise FloatingPointError(f"non-finite values (NaN or Inf) reach the FP4 quantizer of {check}")
+    pad = padded_k(x.shape[1], block) - x.shape[1]
+    return F.pad(x, (0, pad)) if pad else x
+
+
 def reference_quantize(x: torch.Tensor, format: str, block_rows: int, rounding: str,
                        check: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Quantize ``x [rows, K]`` along K; returns (codes, scale bits, decode scale).
@@ -53,12 +61,8 @@ def reference_quantize(x: torch.Tensor, format: str, block_rows: int, rounding: 
     ``check``, when not empty, names the GEMM operand ("layers.0.fc1 fprop A"): a NaN or
     Inf in ``x`` then raises instead of propagating (the ``check_finite`` option).
     """
-    if check and not bool(torch.isfinite(x).all()):
-        raise FloatingPointError(f"non-finite values (NaN or Inf) reach the FP4 quantizer of {check}")
     block = BLOCK_SIZE[format]
-    pad = padded_k(x.shape[1], block) - x.shape[1]
-    if pad:
-        x = F.pad(x, (0, pad))
+    x = _checked_and_padded(x, block, check)
     q = _quantize(x.contiguous(), block=(block_rows, block), rounding=rounding, format=format)
     scale = q.global_scale if format == "nvfp4" else torch.ones((), dtype=torch.float32, device=x.device)
     return q.codes, q.scales.view(torch.uint8), scale
@@ -139,12 +143,7 @@ def _(x, format, block_rows, rounding, check):
         return reference_quantize(x, format, block_rows, rounding, check)
     from .kernels.triton_quantize import quantize_nvfp4
 
-    if check and not bool(torch.isfinite(x).all()):
-        raise FloatingPointError(f"non-finite values (NaN or Inf) reach the FP4 quantizer of {check}")
-    pad = padded_k(x.shape[1], 16) - x.shape[1]
-    if pad:
-        x = F.pad(x, (0, pad))
-    return quantize_nvfp4(x, block_rows, rounding)
+    return quantize_nvfp4(_checked_and_padded(x, 16, check), block_rows, rounding)
 
 
 @rht.register_kernel("cuda")

@@ -13,6 +13,7 @@ with its reason (``nvfp4_compile.explain()``). Nothing else in the graph changes
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import operator
@@ -53,6 +54,7 @@ def repeated_blocks(module_paths) -> tuple[str, int] | None:
     return prefix, max(counts[prefix]) + 1
 
 
+@functools.lru_cache(maxsize=None)
 def _sources_digest() -> str:
     h = hashlib.sha256()
     import nvfp4_compile

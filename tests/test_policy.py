@@ -104,21 +104,12 @@ def test_a_pattern_that_matches_nothing_warns_with_file_line_key(tmp_path):
 
 
 def test_an_impossible_gemm_is_an_error_and_nothing_is_half_applied(tmp_path):
-    path = write(tmp_path, """
-        [high_precision]
-        last_blocks = 0
-        [[override]]
-        modules = ["layers.1"]
-        weight_2d = true
-        """)
+    def forcing_2d_on(module):
+        return write(tmp_path, f"[high_precision]\nlast_blocks = 0\n[[override]]\nmodules = [\"{module}\"]\n"
+                               "weight_2d = true\n", f"{module}.toml")
+
     model = MLP(dims=(40, 64, 48, 32))  # layers.0 weight is [64, 40]: 40 does not tile 16x16
-    path2 = write(tmp_path, """
-        [high_precision]
-        last_blocks = 0
-        [[override]]
-        modules = ["layers.0"]
-        weight_2d = true
-        """, "bad.toml")
+    path, path2 = forcing_2d_on("layers.1"), forcing_2d_on("layers.0")
     torch.compile(model, backend="nvfp4", options={"policy": str(path)})(torch.randn(16, 40))
     assert "does not tile" in {(d.module, d.role): d for d in nc.explain()}[("layers.0", "fprop")].reason
     torch._dynamo.reset()

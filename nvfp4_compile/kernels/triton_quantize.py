@@ -16,6 +16,8 @@ compute the same bits under Triton's CPU interpreter as on the GPU.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -165,13 +167,9 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, amax_bits_ptr, s_dec_ptr, see
         tl.store(s_dec_ptr, s_dec)
 
 
-_H_CACHE: dict = {}
-
-
+@functools.lru_cache(maxsize=None)
 def _h(device) -> torch.Tensor:
-    if device not in _H_CACHE:
-        _H_CACHE[device] = rht_matrix(dtype=torch.float32, device=device).contiguous()
-    return _H_CACHE[device]
+    return rht_matrix(dtype=torch.float32, device=device).contiguous()
 
 
 def quantize_nvfp4(x: torch.Tensor, block_rows: int = 1, rounding: str = "rne", rht: bool = False,
