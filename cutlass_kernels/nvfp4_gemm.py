@@ -186,38 +186,47 @@ def device_arch(device: torch.device) -> str:
     return arch
 
 
-def launch(plan: GemmLaunch) -> torch.Tensor:
-    """Run the compiled kernel for ``plan`` on the current CUDA stream; returns ``plan.out``."""
+def launch_arguments(plan: GemmLaunch, stream, max_active_clusters: int) -> tuple:
+    """The compiled kernel's arguments for ``plan``: seven pointers, ``m, n, k``, the number of
+    clusters to launch at most, and the stream (a ``cuda.bindings.driver.CUstream``).
+
+    Builds pointers only (nothing is dereferenced), so it works on CPU tensors too. Raises
+    ``ValueError`` if a tensor breaks the alignment its pointer is compiled for.
+    """
     require_cutlass()
-    import cuda.bindings.driver as cuda
     import cutlass
     import cutlass.cute as cute
     from cutlass.cute.runtime import make_ptr
 
-    from .sm100_nvfp4_gemm import AB_DTYPE, ACC_DTYPE, OUT_DTYPES, POINTER_ALIGN, SF_DTYPE
+    from .sm100_nvfp4_gemm import pointer_specs
+
+    tensors = (("a_codes", plan.a_codes), ("b_codes", plan.b_codes), ("a_scales", plan.a_scales_blocked),
+               ("b_scales", plan.b_scales_blocked), ("out", plan.out), ("alpha", plan.alpha), ("bias", plan.bias))
+    pointers = []
+    for (dtype, align), (label, tensor) in zip(pointer_specs(plan.config), tensors, strict=True):
+        # Without bias the kernel never reads that pointer (the bias code is not compiled in).
+        address = 0 if tensor is None else tensor.data_ptr()
+        if address % align:
+            raise ValueError(f"{label} starts at {address:#x}, not on the {align}-byte boundary the kernel assumes")
+        pointers.append(make_ptr(dtype, address, cute.AddressSpace.gmem, assumed_align=align))
+    sizes = (cutlass.Int32(plan.m), cutlass.Int32(plan.n), cutlass.Int32(plan.k), cutlass.Int32(max_active_clusters))
+    return (*pointers, *sizes, stream)
+
+
+def launch(plan: GemmLaunch) -> torch.Tensor:
+    """Run the compiled kernel for ``plan`` on the current CUDA stream; returns ``plan.out``."""
+    require_cutlass()
+    import cuda.bindings.driver as cuda
 
     device = plan.out.device
     if device.type != "cuda":
         raise ValueError(f"the sm_100a NVFP4 GEMM runs on CUDA tensors, got {device}")
     kernel = compiled_gemm(plan.config)
-
-    def ptr(dtype, tensor, align=POINTER_ALIGN):
-        return make_ptr(dtype, tensor.data_ptr(), cute.AddressSpace.gmem, assumed_align=align)
-
-    # Without bias the kernel never reads this pointer (the bias code is not compiled in).
-    bias_ptr = (ptr(ACC_DTYPE, plan.bias) if plan.bias is not None
-                else make_ptr(ACC_DTYPE, 0, cute.AddressSpace.gmem, assumed_align=POINTER_ALIGN))
     # One CTA fits an SM (the stages fill shared memory), so this many clusters run at once.
     sm_count = torch.cuda.get_device_properties(device).multi_processor_count
     max_clusters = max(1, sm_count // plan.config.cluster_size)
     stream = cuda.CUstream(torch.cuda.current_stream(device).cuda_stream)
-    kernel.function(
-        ptr(AB_DTYPE, plan.a_codes), ptr(AB_DTYPE, plan.b_codes),
-        ptr(SF_DTYPE, plan.a_scales_blocked), ptr(SF_DTYPE, plan.b_scales_blocked),
-        ptr(OUT_DTYPES[plan.config.out_dtype], plan.out), ptr(ACC_DTYPE, plan.alpha, 4), bias_ptr,
-        cutlass.Int32(plan.m), cutlass.Int32(plan.n), cutlass.Int32(plan.k), cutlass.Int32(max_clusters),
-        stream,
-    )
+    kernel.function(*launch_arguments(plan, stream, max_clusters))
     return plan.out
 
 

@@ -146,10 +146,12 @@ class Sm100Nvfp4Gemm:
         self.epi_tile = sm100_utils.compute_epilogue_tile_shape(
             self.cta_tile, self.use_2cta, LayoutEnum.ROW_MAJOR, self.out_dtype)
 
-        # Tensor memory: accumulator stages, then SFA, then SFB. A 32-row scale atom with
-        # four K blocks fills four columns (32 lanes x 4 bytes), one atom per 32 rows.
-        self.sfa_tmem_cols = (cfg.cta_tile_m // 32) * self.MMAS_PER_K_TILE
-        self.sfb_tmem_cols = (cfg.mma_tile_n // 32) * self.MMAS_PER_K_TILE
+        # Tensor memory: accumulator stages, then SFA, then SFB. One 128x4 scale atom (512
+        # bytes) takes 4 columns (32 lanes x 16 bytes, copied into each 32-lane sub-partition);
+        # a K tile's 16 K blocks are 4 atoms along K for every 128 rows.
+        atoms_k = K_TILE // SF_VEC_SIZE // 4
+        self.sfa_tmem_cols = (cfg.cta_tile_m // 128) * atoms_k * 4
+        self.sfb_tmem_cols = (cfg.mma_tile_n // 128) * atoms_k * 4
         sf_cols = self.sfa_tmem_cols + self.sfb_tmem_cols
         self.acc_stages = 2 if 2 * cfg.mma_tile_n + sf_cols <= self.tmem_columns else 1
         self.acc_tmem_cols = cfg.mma_tile_n * self.acc_stages
@@ -226,8 +228,8 @@ class Sm100Nvfp4Gemm:
             sm100_utils.cluster_shape_to_tma_atom_B(cluster_mnk, tiled_mma.thr_id), b,
             cute.slice_(self.b_smem_layout, (None, None, None, 0)), self.mma_tiler, tiled_mma,
             self.cluster_layout_vmnk.shape)
-        # Scale tiles move as 16-bit elements: TMA has no 8-bit float type, and pairs of
-        # scales are never split by the blocked layout.
+        # Scale tiles are copied as 16-bit elements: pairs of neighbouring scales, which the
+        # blocked layout keeps together.
         tma_sfa, tma_sfa_tensor = cute.nvgpu.make_tiled_tma_atom_A(
             sm100_utils.cluster_shape_to_tma_atom_A(cluster_mnk, tiled_mma.thr_id), sfa,
             cute.slice_(self.sfa_smem_layout, (None, None, None, 0)), self.mma_tiler, tiled_mma,
@@ -337,8 +339,9 @@ class Sm100Nvfp4Gemm:
 
         storage = SmemAllocator().allocate(self.shared_storage)
 
-        # Stage ring TMA -> MMA. The consumer side is the MMA warp of every CTA whose loads
-        # a stage receives (multicast sources), so a stage is free when all of them are done.
+        # Stage ring TMA -> MMA. A stage's "empty" barrier takes one arrival from each CTA
+        # this CTA's multicast loads reach (its cluster row for A, its column for B, itself
+        # once), so a stage is refilled only when every reader is done with it.
         ab_pipe = pipeline.PipelineTmaUmma.create(
             barrier_storage=storage.ab_full.data_ptr(),
             num_stages=self.ab_stages,
@@ -626,8 +629,8 @@ class Sm100Nvfp4Gemm:
     def _scale_copy(self, sSF: cute.Tensor, tSF: cute.Tensor):
         """``tcgen05.cp`` of one stage of scales, shared -> tensor memory, and its partitions.
 
-        The copy atom moves 4 x 32 rows of 128 bits (16 scales a row: 4 K blocks of the
-        four MMAs of a K tile), replicated to the four 32-lane sub-partitions the MMA reads.
+        The copy atom (``tcgen05.cp ... 32x128b.warpx4``) moves one 512-byte 128x4 scale atom
+        as 32 lanes of 128 bits, written into each of the four 32-lane sub-partitions.
         """
         sSF_compact = cute.filter_zeros(sSF)
         tSF_compact = cute.filter_zeros(tSF)
@@ -637,6 +640,15 @@ class Sm100Nvfp4Gemm:
         src = tcgen05.get_s2t_smem_desc_tensor(copy, thr.partition_S(sSF_compact))
         dst = thr.partition_D(tSF_compact)
         return copy, src, dst
+
+
+def pointer_specs(config: GemmConfig) -> list:
+    """``(element type, assumed byte alignment)`` of the kernel's seven pointer arguments, in
+    order: A, B, SFA, SFB, C, alpha, bias. Compilation and launch both build their pointers
+    from this list, so the two cannot disagree."""
+    return [(AB_DTYPE, POINTER_ALIGN), (AB_DTYPE, POINTER_ALIGN), (SF_DTYPE, POINTER_ALIGN),
+            (SF_DTYPE, POINTER_ALIGN), (OUT_DTYPES[config.out_dtype], POINTER_ALIGN),
+            (ACC_DTYPE, 4), (ACC_DTYPE, POINTER_ALIGN)]
 
 
 def compile_gemm(config: GemmConfig):
@@ -650,17 +662,13 @@ def compile_gemm(config: GemmConfig):
 
     from cutlass.cute.runtime import make_fake_stream, make_ptr
 
-    def placeholder(dtype, align=POINTER_ALIGN):
-        return make_ptr(dtype, 0, cute.AddressSpace.gmem, assumed_align=align)
-
+    placeholders = [make_ptr(dtype, 0, cute.AddressSpace.gmem, assumed_align=align)
+                    for dtype, align in pointer_specs(config)]
     one = cutlass.Int32(1)
     # --keep-ptx writes the PTX file under --dump-dir; read it before the directory goes.
     with tempfile.TemporaryDirectory(prefix="nvfp4_gemm_") as dump_dir:
         compiled = cute.compile(
-            Sm100Nvfp4Gemm(config),
-            placeholder(AB_DTYPE), placeholder(AB_DTYPE), placeholder(SF_DTYPE), placeholder(SF_DTYPE),
-            placeholder(OUT_DTYPES[config.out_dtype]), placeholder(ACC_DTYPE, 4), placeholder(ACC_DTYPE),
-            one, one, cutlass.Int32(K_TILE), one, make_fake_stream(),
+            Sm100Nvfp4Gemm(config), *placeholders, one, one, cutlass.Int32(K_TILE), one, make_fake_stream(),
             options=f"--gpu-arch {config.arch} --keep-ptx --dump-dir {dump_dir}",
         )
         ptx = compiled.artifacts.PTX

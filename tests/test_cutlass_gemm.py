@@ -417,6 +417,37 @@ def test_launch_and_nvfp4_gemm_refuse_cpu_tensors():
         host.launch(host.prepare_gemm(*operands))
 
 
+@needs_cutlass
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_launch_arguments_fit_the_compiled_signature(compiled, with_bias):
+    import cuda.bindings.driver as cuda
+
+    config = COMPILED_CONFIGS[int(with_bias)]
+    a, sa, b, sb, alpha = _operands(m=200, n=64, k=96)
+    bias = torch.randn(64) if with_bias else None
+    plan = host.prepare_gemm(a, sa, b, sb, alpha, bias, torch.bfloat16, config=config)
+    args = host.launch_arguments(plan, cuda.CUstream(0), 74)
+    pointers = args[:7]
+    expected = [plan.a_codes, plan.b_codes, plan.a_scales_blocked, plan.b_scales_blocked, plan.out, plan.alpha,
+                plan.bias]
+    assert [p._pointer for p in pointers] == [0 if t is None else t.data_ptr() for t in expected]
+    assert [int(v) for v in args[7:11]] == [200, 64, 96, 74]
+    # The runtime marshals exactly these arguments for the compiled function (no launch).
+    compiled[config].function.generate_execution_args(*args)
+    with pytest.raises(Exception, match="stream"):
+        compiled[config].function.generate_execution_args(*args[:-1])
+
+
+@needs_cutlass
+def test_launch_arguments_refuse_a_misaligned_tensor():
+    import cuda.bindings.driver as cuda
+
+    plan = host.prepare_gemm(*_operands(m=16, n=64, k=64))
+    plan.a_scales_blocked = torch.zeros(513, dtype=torch.uint8)[1:].view(torch.float8_e4m3fn)
+    with pytest.raises(ValueError, match="a_scales starts at .* 16-byte boundary"):
+        host.launch_arguments(plan, cuda.CUstream(0), 1)
+
+
 def test_gemm_for_op_forms_alpha_on_device_and_views_scale_bits(monkeypatch):
     a, sa, b, sb, _ = _operands(m=32, n=64, k=64)
     seen = {}
