@@ -238,21 +238,33 @@ def nvfp4_gemm(a_codes: torch.Tensor, a_scales: torch.Tensor, b_codes: torch.Ten
     device = a_codes.device
     if device.type != "cuda":
         raise ValueError(f"the sm_100a NVFP4 GEMM runs on CUDA tensors, got {device}")
+    arch = device_arch(device)
+    if config is not None and config.arch != arch:
+        raise ValueError(f"config {config.name} is compiled for {config.arch}; {device} needs {arch}")
     sm_count = torch.cuda.get_device_properties(device).multi_processor_count
     plan = prepare_gemm(a_codes, a_scales, b_codes, b_scales, alpha, bias, out_dtype,
-                        config=config, sm_count=sm_count, arch=device_arch(device))
+                        config=config, sm_count=sm_count, arch=arch)
     return launch(plan)
 
 
 # -- the nvfp4::gemm custom op's arguments ---------------------------------------------------
 
+def _padded_k(k: int) -> int:
+    """K rounded up to the kernel's multiple of 32 (``nvfp4::gemm`` pads K to 16 only)."""
+    return -(-k // 32) * 32
+
+
 def op_supported(a_codes: torch.Tensor, b_codes: torch.Tensor, out_dtype: torch.dtype) -> bool:
-    """Whether :func:`gemm_for_op` accepts these shapes (else keep the existing kernel)."""
+    """Whether :func:`gemm_for_op` takes these operands (else keep the existing kernel).
+
+    K is padded to 32 there, so only N's output-row alignment and the dtype can refuse.
+    """
     if out_dtype not in OUT_DTYPE_NAMES or a_codes.dim() != 2 or b_codes.dim() != 2:
         return False
     if a_codes.shape[1] != b_codes.shape[1] or 0 in (a_codes.shape[0], b_codes.shape[0], a_codes.shape[1]):
         return False
-    return problem_supported(a_codes.shape[0], b_codes.shape[0], 2 * a_codes.shape[1], OUT_DTYPE_NAMES[out_dtype])
+    k = _padded_k(2 * a_codes.shape[1])
+    return problem_supported(a_codes.shape[0], b_codes.shape[0], k, OUT_DTYPE_NAMES[out_dtype])
 
 
 def gemm_for_op(a_codes: torch.Tensor, a_scale_bits: torch.Tensor, a_scale: torch.Tensor,
@@ -260,10 +272,17 @@ def gemm_for_op(a_codes: torch.Tensor, a_scale_bits: torch.Tensor, a_scale: torc
                 bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
     """``nvfp4::gemm``'s NVFP4 arguments -> :func:`nvfp4_gemm`.
 
-    ``*_scale_bits`` are the ``uint8`` bit patterns of the E4M3 block scales, ``*_scale`` the
-    FP32 per-tensor decode scales (0-dim or one element); ``alpha`` is their product, formed
-    on the device.
+    ``*_codes`` are ``uint8 [rows, Kp/2]``, ``*_scale_bits`` the ``uint8`` bit patterns of the
+    E4M3 block scales ``[rows, Kp/16]``, ``*_scale`` the FP32 per-tensor decode scales (0-dim
+    or one element); ``alpha`` is their product, formed on the device (no host sync). A ``Kp``
+    that is an odd multiple of 16 is padded by one zero block (zero codes, zero scale: it adds
+    nothing) because TMA needs 16-byte code rows.
     """
+    k = 2 * a_codes.shape[1]
+    if k % 32:
+        pad_bytes, pad_blocks = (_padded_k(k) - k) // 2, (_padded_k(k) - k) // 16
+        a_codes, b_codes = (torch.nn.functional.pad(c, (0, pad_bytes)) for c in (a_codes, b_codes))
+        a_scale_bits, b_scale_bits = (torch.nn.functional.pad(s, (0, pad_blocks)) for s in (a_scale_bits, b_scale_bits))
     alpha = (a_scale.to(torch.float32) * b_scale.to(torch.float32)).reshape(1)
     return nvfp4_gemm(a_codes, a_scale_bits.view(torch.float8_e4m3fn), b_codes,
                       b_scale_bits.view(torch.float8_e4m3fn), alpha, bias, out_dtype)

@@ -260,7 +260,7 @@ def capability(monkeypatch):
     return set_capability
 
 
-@pytest.mark.parametrize("cap,expected", [((10, 0), True), ((10, 3), True), ((9, 0), False),
+@pytest.mark.parametrize("cap,expected", [((10, 0), True), ((10, 3), True), ((10, 1), False), ((9, 0), False),
                                           ((12, 0), False), ((8, 9), False)])
 def test_sm100_path_only_on_compute_capability_10(capability, cap, expected):
     capability(cap)
@@ -462,10 +462,24 @@ def test_gemm_for_op_forms_alpha_on_device_and_views_scale_bits(monkeypatch):
     assert alpha.shape == (1,) and alpha.dtype == torch.float32 and alpha.item() == 2.25
 
 
+def test_gemm_for_op_pads_k_to_a_multiple_of_32_with_zero_blocks(monkeypatch):
+    a, sa, b, sb, _ = _operands(m=8, n=64, k=48)
+    seen = {}
+    monkeypatch.setattr(host, "nvfp4_gemm", lambda *args: seen.setdefault("args", args))
+    host.gemm_for_op(a, sa.view(torch.uint8), torch.tensor(1.0), b, sb.view(torch.uint8), torch.tensor(1.0),
+                     None, torch.float32)
+    ga, gsa, gb, gsb = seen["args"][:4]
+    assert ga.shape == (8, 32) and gb.shape == (64, 32) and gsa.shape == (8, 4) and gsb.shape == (64, 4)
+    assert torch.equal(ga[:, :24], a) and not ga[:, 24:].any() and torch.equal(gb[:, :24], b)
+    assert torch.equal(gsa[:, :3].view(torch.uint8), sa.view(torch.uint8)) and not gsa[:, 3:].view(torch.uint8).any()
+    # The padded operands pass the kernel's checks.
+    host.prepare_gemm(ga, gsa, gb, gsb, torch.ones(1), None, torch.float32)
+
+
 def test_op_supported_mirrors_the_problem_checks():
     codes = lambda rows, k: torch.zeros(rows, k // 2, dtype=torch.uint8)
     assert host.op_supported(codes(5, 64), codes(64, 64), torch.bfloat16)
-    assert not host.op_supported(codes(5, 48), codes(64, 48), torch.bfloat16)  # K % 32
+    assert host.op_supported(codes(5, 48), codes(64, 48), torch.bfloat16)  # K padded to 64
     assert not host.op_supported(codes(5, 64), codes(12, 64), torch.bfloat16)  # N % 8
     assert host.op_supported(codes(5, 64), codes(12, 64), torch.float32)
     assert not host.op_supported(codes(5, 64), codes(64, 32), torch.bfloat16)  # K differs
