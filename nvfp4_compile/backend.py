@@ -22,7 +22,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 from passes.gemm_roles import ParamInfo, param_info_from_source
 from passes.quantize_gemms import QuantizeGemmsPass
 
-from . import decisions, dumps, ops  # noqa: F401  (ops registers the nvfp4:: operators)
+from . import decisions, distributed, dumps, ops  # noqa: F401  (ops registers the nvfp4:: operators)
 from .options import BackendOptions
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,10 @@ def nvfp4_backend(gm: torch.fx.GraphModule, example_inputs, *, options: dict | N
     """The ``nvfp4`` backend. ``options``: see :class:`nvfp4_compile.options.BackendOptions`."""
     config = BackendOptions.from_dict(options)
     graph_id = decisions.new_graph_id()
-    our_pass = QuantizeGemmsPass(config, graph_params(gm), graph_id)
+    # Module paths from the model's root, and all of them: a DDP bucket or an FSDP2 block
+    # sees only part of the model (see nvfp4_compile.distributed).
+    params, model_modules = distributed.model_context(gm, graph_params(gm))
+    our_pass = QuantizeGemmsPass(config, params, graph_id, model_modules=model_modules)
     joint = ComposedPass([*_user_joint_passes(), our_pass])
     log.debug("nvfp4: compiling graph %d", graph_id)
     patches = {"joint_custom_pre_pass": joint}
@@ -105,9 +108,11 @@ def nvfp4_backend(gm: torch.fx.GraphModule, example_inputs, *, options: dict | N
     if our_pass.ran:
         saved.parent.mkdir(parents=True, exist_ok=True)
         saved.write_text(json.dumps([d.to_dict() for d in our_pass.decisions]))
+        distributed.warn_if_ranks_share_sr_noise(our_pass.decisions)
     elif saved.exists():  # an Inductor cache hit: the pass did not run this time
         records = [decisions.GemmDecision(**{**d, "graph": graph_id}) for d in json.loads(saved.read_text())]
         decisions.record(records)
+        distributed.warn_if_ranks_share_sr_noise(records)
         if config.dump_dir is not None:
             dumps.append_records(config.dump_dir, records)
             log.info("nvfp4: graph %d came from Inductor's cache; its graphs are not re-dumped", graph_id)

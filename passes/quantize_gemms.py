@@ -88,9 +88,13 @@ def _sizes(g: Gemm) -> dict:
 class QuantizeGemmsPass(CustomGraphPass):
     """Rewrites one compiled graph's GEMMs; one instance per graph Dynamo hands the backend."""
 
-    def __init__(self, options: BackendOptions, params: list[ParamInfo | None], graph_id: int):
+    def __init__(self, options: BackendOptions, params: list[ParamInfo | None], graph_id: int,
+                 model_modules=None):
         self.options = options
         self.params = params
+        # Every module path of the model when the graph holds only part of it (a DDP bucket,
+        # an FSDP2 block): the repeated blocks are counted there, not in this graph.
+        self.model_modules = tuple(sorted(set(model_modules))) if model_modules else None
         self.graph_id = graph_id
         self.decisions: list[decisions.GemmDecision] = []
         self.ran = False
@@ -99,6 +103,7 @@ class QuantizeGemmsPass(CustomGraphPass):
         h = hashlib.sha256(_sources_digest().encode())
         h.update(self.options.cache_key().encode())
         h.update(repr(self.params).encode())
+        h.update(repr(self.model_modules).encode())
         return h.hexdigest()
 
     # -- decisions -------------------------------------------------------------------
@@ -140,7 +145,7 @@ class QuantizeGemmsPass(CustomGraphPass):
         return recipe, None
 
     def _warn_unmatched(self, params: dict) -> None:
-        modules = {info.module for info in params.values()}
+        modules = set(self.model_modules or ()) | {info.module for info in params.values()}
         for pattern, key, where in self.options.policy.unmatched_patterns(modules):
             warnings.warn(f"{where}: key '{key}': pattern {pattern!r} matches no module in graph {self.graph_id}",
                           stacklevel=2)
@@ -238,7 +243,7 @@ class QuantizeGemmsPass(CustomGraphPass):
         self._replaced: dict[Node, Node] = {}
         inference = not any(n.name.startswith("tangents") for n in placeholders)
         tied = {n for n in params if any(u.target is torch.ops.aten.embedding.default for u in n.users)}
-        blocks = repeated_blocks(info.module for info in params.values())
+        blocks = repeated_blocks(self.model_modules or [info.module for info in params.values()])
         gemms = find_gemms(graph, params)
         # Decide everything (and raise on an impossible policy) before changing anything.
         for g in gemms:
