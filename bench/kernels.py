@@ -19,25 +19,40 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import median_ms, report  # noqa: E402
 
 import nvfp4_compile as nc  # noqa: E402
-from nvfp4_compile.kernels.triton_quantize import quantize_nvfp4  # noqa: E402
+from nvfp4_compile.kernels.triton_quantize import QuantizeTiles, quantize_nvfp4  # noqa: E402
+
+SWEEP = [QuantizeTiles(32, 256, 8, 16, 256, 4), QuantizeTiles(64, 256, 8, 32, 256, 8),
+         QuantizeTiles(16, 512, 4, 16, 128, 4), QuantizeTiles(32, 128, 4, 32, 128, 4),
+         QuantizeTiles(64, 128, 8, 64, 128, 8), QuantizeTiles(32, 256, 4, 16, 512, 8)]
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=8192)
+    parser.add_argument("--sweep", action="store_true", help="time every tile configuration in SWEEP")
     args = parser.parse_args(argv)
     n = args.size
     x = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
     clone = median_ms(lambda: x.clone())
     gbytes = 2 * n * n * 2 / 1e9
-    cases = {
-        "x.clone() (read+write)": lambda: x.clone(),
-        "triton 1x16 RNE": lambda: quantize_nvfp4(x, 1, "rne"),
-        "triton 1x16 SR": lambda: quantize_nvfp4(x, 1, "sr"),
-        "triton 16x16 RNE (2D weight)": lambda: quantize_nvfp4(x, 16, "rne"),
-        "triton X^T RHT 1x16 RNE (wgrad)": lambda: quantize_nvfp4(x.t(), 1, "rne", rht=True),
-        "triton dY^T RHT 1x16 SR (wgrad)": lambda: quantize_nvfp4(x.t(), 1, "sr", rht=True),
+    cases = {"x.clone() (read+write)": lambda: x.clone()}
+    kernels = {
+        "1x16 RNE": lambda t: quantize_nvfp4(x, 1, "rne", tiles=t),
+        "1x16 SR": lambda t: quantize_nvfp4(x, 1, "sr", tiles=t),
+        "16x16 RNE (2D weight)": lambda t: quantize_nvfp4(x, 16, "rne", tiles=t),
+        "X^T RHT 1x16 RNE (wgrad)": lambda t: quantize_nvfp4(x.t(), 1, "rne", rht=True, tiles=t),
+        "dY^T RHT 1x16 SR (wgrad)": lambda t: quantize_nvfp4(x.t(), 1, "sr", rht=True, tiles=t),
     }
+    for name, fn in kernels.items():
+        for tiles in SWEEP if args.sweep else [QuantizeTiles()]:
+            label = f"triton {name}" + (f" amax {tiles.amax_rows}x{tiles.amax_k}w{tiles.amax_warps} q "
+                                        f"{tiles.quantize_rows}x{tiles.quantize_k}w{tiles.quantize_warps}"
+                                        if args.sweep else "")
+            cases[label] = (lambda f, t: lambda: f(t))(fn, tiles)
+    from nvfp4_compile.kernels.triton_dequant import dequantize_to_bf16
+
+    codes, scales, _ = quantize_nvfp4(x, 1, "rne")
+    cases["dequantize_to_bf16 (GEMM operand)"] = lambda: dequantize_to_bf16(codes, scales)
     naive = torch.compile(lambda t: nc.quantize(t))
     cases["reference, torch.compile (naive)"] = lambda: naive(x)
     try:

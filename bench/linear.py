@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import median_ms, report  # noqa: E402
 
 import nvfp4_compile  # noqa: E402,F401
+from nvfp4_compile.kernels import triton_gemm  # noqa: E402
 
 
 def step_fn(layer, x, backend):
@@ -36,6 +37,8 @@ def step_fn(layer, x, backend):
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 4096, 8192])
+    parser.add_argument("--strategies", nargs="+", default=list(triton_gemm.STRATEGIES),
+                        help="emulated GEMM strategies to time (nvfp4_compile.kernels.triton_gemm)")
     args = parser.parse_args(argv)
     rows = []
     for n in args.sizes:
@@ -44,10 +47,13 @@ def main(argv=None):
         x = torch.randn(n, n, device="cuda", dtype=torch.bfloat16, requires_grad=True)
         bf16 = median_ms(step_fn(layer, x, "inductor"))
         torch._dynamo.reset()
-        nvfp4 = median_ms(step_fn(layer, x, "nvfp4"))
+        step = step_fn(layer, x, "nvfp4")
         tflops = 3 * 2 * n ** 3 / 1e12
-        rows.append([n, bf16, nvfp4, nvfp4 / bf16, tflops / (bf16 / 1e3), tflops / (nvfp4 / 1e3)])
-    report("Linear fwd+bwd, M=N=K, BF16 weights and inputs", ["size", "bf16 ms", "nvfp4 ms", "nvfp4/bf16",
+        for strategy in args.strategies:
+            triton_gemm.DEFAULT_STRATEGY = strategy  # read at every call of the GEMM op
+            nvfp4 = median_ms(step)
+            rows.append([n, strategy, bf16, nvfp4, nvfp4 / bf16, tflops / (bf16 / 1e3), tflops / (nvfp4 / 1e3)])
+    report("Linear fwd+bwd, M=N=K, BF16 weights and inputs", ["size", "gemm", "bf16 ms", "nvfp4 ms", "nvfp4/bf16",
                                                               "bf16 TFLOP/s", "nvfp4 TFLOP/s"], rows, "linear", {})
 
 

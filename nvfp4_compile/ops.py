@@ -1,5 +1,6 @@
-"""The custom operators the graph pass inserts: ``nvfp4::rht``, ``nvfp4::quantize``,
-``nvfp4::transpose_2d`` and ``nvfp4::gemm``.
+"""The custom operators the graph pass inserts: ``nvfp4::quantize`` (with the 16-point RHT
+fused when asked), ``nvfp4::transpose_2d`` and ``nvfp4::gemm``; and ``nvfp4::rht``, the
+transform alone.
 
 They are ``torch.library`` custom ops, so Inductor calls them as extern kernels and
 AOTAutograd's partitioner can save their outputs (FP4 codes and scales) for the
@@ -35,7 +36,9 @@ def padded_k(k, block: int):
 def reference_rht(x: torch.Tensor) -> torch.Tensor:
     """The 16-point RHT along the last dimension (padded to 16 with zeros), output in BF16."""
     pad = padded_k(x.shape[-1], 16) - x.shape[-1]
-    return _rht(F.pad(x, (0, pad)) if pad else x).to(torch.bfloat16)
+    x = F.pad(x, (0, pad)) if pad else x
+    # Exact sums, rounded to FP32 and then to BF16: the contract of ``quantize(..., rht=True)``.
+    return _rht(x.to(torch.float32)).to(torch.bfloat16)
 
 
 rht = torch.library.custom_op("nvfp4::rht", mutates_args=())(reference_rht)
@@ -55,15 +58,16 @@ def _checked_and_padded(x: torch.Tensor, block: int, check: str) -> torch.Tensor
 
 
 def reference_quantize(x: torch.Tensor, format: str, block_rows: int, rounding: str,
-                       check: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Quantize ``x [rows, K]`` along K; returns (codes, scale bits, decode scale).
+                       check: str, rht: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Quantize ``x [rows, K]`` along K (after the 16-point RHT along K when ``rht``);
+    returns (codes, scale bits, decode scale).
 
     ``check``, when not empty, names the GEMM operand ("layers.0.fc1 fprop A"): a NaN or
     Inf in ``x`` then raises instead of propagating (the ``check_finite`` option).
     """
     block = BLOCK_SIZE[format]
     x = _checked_and_padded(x, block, check)
-    q = _quantize(x.contiguous(), block=(block_rows, block), rounding=rounding, format=format)
+    q = _quantize(x.contiguous(), block=(block_rows, block), rounding=rounding, format=format, rht=rht)
     scale = q.global_scale if format == "nvfp4" else torch.ones((), dtype=torch.float32, device=x.device)
     return q.codes, q.scales.view(torch.uint8), scale
 
@@ -72,7 +76,7 @@ quantize = torch.library.custom_op("nvfp4::quantize", mutates_args=())(reference
 
 
 @quantize.register_fake
-def _(x, format, block_rows, rounding, check):
+def _(x, format, block_rows, rounding, check, rht=False):
     block = BLOCK_SIZE[format]
     kp = padded_k(x.shape[1], block)
     rows = x.shape[0]
@@ -122,7 +126,7 @@ def _(a_codes, a_scale_bits, a_scale, b_codes, b_scale_bits, b_scale, bias, form
     return a_codes.new_empty((a_codes.shape[0], b_codes.shape[0]), dtype=out_dtype)
 
 
-# -- CUDA: Triton kernels (Hopper emulation) -----------------------------------------------
+# -- CUDA: Triton kernels (Hopper emulation); the CuTe-DSL GEMM on sm_100a/sm_103a --------
 # Set NVFP4_COMPILE_REFERENCE_KERNELS=1 to run the reference implementations on CUDA too.
 
 def _fast_path_available(device: torch.device) -> bool:
@@ -138,12 +142,12 @@ def _fast_path_available(device: torch.device) -> bool:
 
 
 @quantize.register_kernel("cuda")
-def _(x, format, block_rows, rounding, check):
+def _(x, format, block_rows, rounding, check, rht=False):
     if format != "nvfp4" or not _fast_path_available(x.device):
-        return reference_quantize(x, format, block_rows, rounding, check)
+        return reference_quantize(x, format, block_rows, rounding, check, rht)
     from .kernels.triton_quantize import quantize_nvfp4
 
-    return quantize_nvfp4(_checked_and_padded(x, 16, check), block_rows, rounding)
+    return quantize_nvfp4(_checked_and_padded(x, 16, check), block_rows, rounding, rht=rht)
 
 
 @rht.register_kernel("cuda")
@@ -156,10 +160,25 @@ def _(x):
     return rht_to_bf16(F.pad(x, (0, pad)) if pad else x)
 
 
+def _sm100_gemm(a_codes, b_codes, out_dtype):
+    """The CuTe-DSL block-scaled GEMM module on compute capability 10.0/10.3 (Blackwell) for a
+    shape it supports, else None. Compiled and inspected on CPUs only: never run by this project."""
+    from cutlass_kernels.dispatch import use_sm100_gemm
+
+    if not use_sm100_gemm(a_codes.device):
+        return None
+    from cutlass_kernels import nvfp4_gemm
+
+    return nvfp4_gemm if nvfp4_gemm.op_supported(a_codes, b_codes, out_dtype) else None
+
+
 @gemm.register_kernel("cuda")
 def _(a_codes, a_scale_bits, a_scale, b_codes, b_scale_bits, b_scale, bias, format, out_dtype):
+    native = _sm100_gemm(a_codes, b_codes, out_dtype) if format == "nvfp4" else None
+    if native is not None:  # raises CutlassDSLMissingError, naming the package, without cutlass-dsl
+        return native.gemm_for_op(a_codes, a_scale_bits, a_scale, b_codes, b_scale_bits, b_scale, bias, out_dtype)
     if format != "nvfp4" or not _fast_path_available(a_codes.device):
         return reference_gemm(a_codes, a_scale_bits, a_scale, b_codes, b_scale_bits, b_scale, bias, format, out_dtype)
-    from .kernels.triton_dequant import emulated_gemm
+    from .kernels.triton_gemm import emulated_gemm
 
     return emulated_gemm(a_codes, a_scale_bits, a_scale, b_codes, b_scale_bits, b_scale, bias, out_dtype)

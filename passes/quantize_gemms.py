@@ -3,7 +3,7 @@
 Contract: runs on the joint forward+backward graph (before partitioning) as Inductor's
 ``joint_custom_pre_pass``. For every fprop/dgrad/wgrad GEMM of a linear layer (see
 ``gemm_roles``) that the configuration does not keep in high precision, it replaces the
-``mm``/``addmm`` node by ``nvfp4::quantize`` (and ``nvfp4::rht``) of both operands and an
+``mm``/``addmm`` node by ``nvfp4::quantize`` (with the RHT fused where it applies) of both operands and an
 ``nvfp4::gemm``, per the recipe table (``nvfp4_compile.recipe``). The 2D-quantized weight
 is computed once per graph and reused, transposed by ``nvfp4::transpose_2d``, by dgrad.
 Because this happens before partitioning, the forward saves the FP4 codes and scales of
@@ -173,11 +173,11 @@ class QuantizeGemmsPass(CustomGraphPass):
                   label: str, recipe: Recipe) -> tuple[Node, Node, Node]:
         if transpose:
             x = self._emit(graph, like, torch.ops.aten.permute.default, (x, [1, 0]))
-        if t.rht:
-            x = self._emit(graph, like, torch.ops.nvfp4.rht.default, (x,))
         check = label if self.options.check_finite else ""
         block_rows = recipe.block if t.block_rows > 1 else 1
-        q = self._emit(graph, like, torch.ops.nvfp4.quantize.default, (x, recipe.format, block_rows, t.rounding, check))
+        # The RHT is fused into the quantizer: the transformed BF16 tensor never reaches memory.
+        q = self._emit(graph, like, torch.ops.nvfp4.quantize.default,
+                       (x, recipe.format, block_rows, t.rounding, check, t.rht))
         return tuple(self._emit(graph, like, operator.getitem, (q, i)) for i in range(3))
 
     def _weight(self, graph: Graph, g: Gemm, operand: str, t: OperandTreatment, label: str):

@@ -485,3 +485,20 @@ def test_op_supported_mirrors_the_problem_checks():
     assert not host.op_supported(codes(5, 64), codes(64, 32), torch.bfloat16)  # K differs
     assert not host.op_supported(codes(5, 64), codes(64, 64), torch.float64)
     assert DEFAULT_SM_COUNT > 0
+
+
+@pytest.mark.parametrize("cap, native", [((10, 0), True), ((9, 0), False)])
+def test_the_gemm_op_takes_the_sm100_kernel_only_on_capability_10(capability, cap, native):
+    """``nvfp4::gemm``'s CUDA kernel asks ``ops._sm100_gemm`` first; elsewhere it emulates."""
+    from types import SimpleNamespace
+
+    from nvfp4_compile import ops
+
+    def codes(rows):  # stands in for a CUDA tensor (none exists on this machine)
+        return SimpleNamespace(device=torch.device("cuda", 0), shape=(rows, 64), dim=lambda: 2)
+
+    capability(cap)
+    chosen = ops._sm100_gemm(codes(256), codes(128), torch.bfloat16)
+    assert (chosen is host) is native and (chosen is None) is not native
+    # A shape the kernel refuses (N not a multiple of 8 for BF16 output) keeps the emulation.
+    assert ops._sm100_gemm(codes(256), codes(100), torch.bfloat16) is None

@@ -48,7 +48,7 @@ def check_dump(dump: Path):
         ast.parse(path.read_text())  # readable, valid Python
     after = afters[0].read_text()
     assert "torch.ops.nvfp4.gemm.default" in after and "torch.ops.nvfp4.gemm" not in befores[0].read_text()
-    assert "torch.ops.nvfp4.quantize.default" in after and "torch.ops.nvfp4.rht.default" in after
+    assert "torch.ops.nvfp4.quantize.default" in after and "'sr', '', True)" in after  # wgrad dY^T: SR + fused RHT
     assert [nc.decisions.GemmDecision(**r) for r in records] == list(nc.explain())
     summary = (dump / "summary.txt").read_text()
     assert "GEMM FLOPs in nvfp4" in summary and "activations saved for wgrad" in summary

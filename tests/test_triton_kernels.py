@@ -27,7 +27,7 @@ def triton_available():
 
 
 @pytest.mark.skipif(not triton_available(), reason="Triton is not installed")
-def test_kernels_under_the_triton_interpreter_match_the_golden_vectors():
+def test_kernels_under_the_triton_interpreter_match_the_golden_vectors_and_the_reference():
     code = f"""
 import json, numpy as np, torch, sys
 sys.path.insert(0, {str(ROOT)!r})
@@ -42,6 +42,17 @@ for c in json.load(open({str(ROOT / 'tests/golden/cases.json')!r})):
             torch.equal(scales, torch.from_numpy(d[c + "|scales_e4m3_bits"])) and
             s_dec.item() == float(d[c + "|global_decode_scale"])):
         bad.append(c)
+import nvfp4_compile as nc
+for dt in (torch.bfloat16, torch.float16, torch.float32):
+    x = (torch.randn(64, 96) * torch.logspace(-4, 4, 96)).to(dt)
+    x[3, 5] = float("nan")
+    for block_rows, rht, transposed in [(1, False, False), (16, False, False), (1, True, True), (1, False, True)]:
+        src = x.t() if transposed else x
+        ref = nc.quantize(src.contiguous(), block=(block_rows, 16), rht=rht)
+        codes, scales, s_dec = quantize_nvfp4(src, block_rows, rht=rht)
+        if not (torch.equal(codes, ref.codes) and torch.equal(scales, ref.scales.view(torch.uint8))
+                and s_dec.item() == ref.global_scale.item()):
+            bad.append((str(dt), block_rows, rht, transposed))
 print("mismatches:", bad)
 """
     env = {**os.environ, "TRITON_INTERPRET": "1"}
@@ -107,20 +118,49 @@ def test_triton_sr_is_unbiased_and_fresh():
 
 
 @gpu
+@pytest.mark.parametrize("strategy", ["cublas", "triton", "fused"])
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
-def test_emulated_gemm_matches_the_reference(out_dtype):
-    from nvfp4_compile.kernels.triton_dequant import dequantize_to_bf16, emulated_gemm
+@pytest.mark.parametrize("shape", [(256, 384, 512), (200, 136, 80)])  # (M, N, K); the second leaves partial tiles
+def test_emulated_gemm_matches_the_reference(strategy, out_dtype, shape):
+    from nvfp4_compile.kernels.triton_dequant import dequantize_to_bf16
+    from nvfp4_compile.kernels.triton_gemm import emulated_gemm
 
-    a, b = torch.randn(256, 512, device="cuda"), torch.randn(384, 512, device="cuda")
-    qa, qb = nc.quantize(a), nc.quantize(b, block=(16, 16))
+    m, n, k = shape
+    a, b = torch.randn(m, k, device="cuda"), torch.randn(n, k, device="cuda") * 100
+    qa, qb = nc.quantize(a), nc.quantize(b, block=(1, 16))
     assert torch.equal(dequantize_to_bf16(qa.codes, qa.scales.view(torch.uint8)).float(),
                        nc.numerics.block_scaled_values(qa))
-    bias = torch.randn(384, device="cuda")
-    c = emulated_gemm(qa.codes, qa.scales.view(torch.uint8), qa.global_scale, qb.codes,
-                      qb.scales.view(torch.uint8), qb.global_scale, bias, out_dtype)
-    ref = nc.nvfp4_mm(qa, qb, out_dtype=torch.float32, bias=bias)
-    tol = 2 ** -7 if out_dtype == torch.bfloat16 else 1e-5
-    assert ((c.float() - ref).abs() <= tol * ref.abs() + 1e-4).all()
+    bias = torch.randn(n, device="cuda")
+    for with_bias in (bias, None):
+        c = emulated_gemm(qa.codes, qa.scales.view(torch.uint8), qa.global_scale, qb.codes,
+                          qb.scales.view(torch.uint8), qb.global_scale, with_bias, out_dtype, strategy=strategy)
+        ref = nc.nvfp4_mm(qa, qb, out_dtype=torch.float32, bias=with_bias)
+        assert c.dtype == out_dtype
+        # FP32 sums in another order, then (for BF16) one rounding of the output.
+        tol = 2 ** -8 if out_dtype == torch.bfloat16 else 1e-5
+        assert ((c.float() - ref).abs() <= tol * ref.abs() + 1e-4 * ref.abs().max()).all()
+
+
+@gpu
+@pytest.mark.parametrize("rounding", ["rne", "sr"])
+def test_quantize_op_with_fused_rht_on_a_transposed_view(rounding):
+    """What the graph pass emits for wgrad: ``nvfp4::quantize(permute(x), ..., rht=True)``."""
+    from nvfp4_compile import ops
+
+    x = torch.randn(256, 320, dtype=torch.bfloat16) * torch.logspace(-3, 3, 320).bfloat16()
+    torch.manual_seed(1)
+    codes, scales, s_dec = ops.quantize(x.cuda().t(), "nvfp4", 1, rounding, "", True)
+    ref_codes, ref_scales, ref_s_dec = ops.reference_quantize(x.t(), "nvfp4", 1, "rne", "", True)
+    assert torch.equal(scales.cpu(), ref_scales) and s_dec.item() == ref_s_dec.item()
+    if rounding == "rne":
+        assert torch.equal(codes.cpu(), ref_codes)
+    else:  # SR lands on one of the two grid points around the value, RNE on the nearer one
+        from nvfp4_compile.formats import unpack_nibbles
+
+        sr, rne = (unpack_nibbles(c).int() for c in (codes.cpu(), ref_codes))
+        assert ((sr & 7) - (rne & 7)).abs().max() <= 1  # neighbouring magnitudes on the E2M1 grid
+        both_nonzero = ((sr & 7) != 0) & ((rne & 7) != 0)
+        assert torch.equal((sr & 8)[both_nonzero], (rne & 8)[both_nonzero]) and not torch.equal(sr, rne)
 
 
 @gpu

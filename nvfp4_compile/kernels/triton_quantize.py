@@ -16,6 +16,7 @@ compute the same bits under Triton's CPU interpreter as on the GPU.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import torch
@@ -49,12 +50,22 @@ def _rht_tile(x, h, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def _load_tile(x_ptr, r0, k0, R, K, stride_r, stride_k, h_ptr, RHT: tl.constexpr,
+def _load_tile(x_ptr, r0, k0, R, K, stride_r, stride_k, h_ptr, RHT: tl.constexpr, TRANSPOSED: tl.constexpr,
                BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The ``[BLOCK_R, BLOCK_K]`` tile at ``(r0, k0)`` in fp32 (after the RHT where it applies).
+
+    ``TRANSPOSED``: memory runs along the rows (``stride_r == 1``, a transposed view such as
+    X^T for wgrad). The tile is then loaded as ``[BLOCK_K, BLOCK_R]``, so that neighbouring
+    threads read neighbouring addresses, and transposed on chip."""
     rows = r0 + tl.arange(0, BLOCK_R)
     cols = k0 + tl.arange(0, BLOCK_K)
     mask = (rows[:, None] < R) & (cols[None, :] < K)
-    x = tl.load(x_ptr + rows[:, None] * stride_r + cols[None, :] * stride_k, mask=mask, other=0.0).to(tl.float32)
+    if TRANSPOSED:
+        xt = tl.load(x_ptr + cols[:, None] * stride_k + rows[None, :] * stride_r,
+                     mask=(cols[:, None] < K) & (rows[None, :] < R), other=0.0)
+        x = tl.trans(xt).to(tl.float32)
+    else:
+        x = tl.load(x_ptr + rows[:, None] * stride_r + cols[None, :] * stride_k, mask=mask, other=0.0).to(tl.float32)
     if RHT:
         hi = tl.arange(0, 16)
         h = tl.load(h_ptr + hi[:, None] * 16 + hi[None, :])
@@ -63,13 +74,17 @@ def _load_tile(x_ptr, r0, k0, R, K, stride_r, stride_k, h_ptr, RHT: tl.constexpr
 
 
 @triton.jit
-def _amax_kernel(x_ptr, amax_bits_ptr, R, K, stride_r, stride_k, h_ptr, RHT: tl.constexpr,
-                 BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
-    x, rows, cols, mask = _load_tile(x_ptr, tl.program_id(0) * BLOCK_R, tl.program_id(1) * BLOCK_K,
-                                     R, K, stride_r, stride_k, h_ptr, RHT, BLOCK_R, BLOCK_K)
-    a = tl.abs(x)
-    a = tl.where(a <= FP32_MAX, a, 0.0)  # NaN and Inf do not count
-    tile_max = tl.max(tl.max(a, axis=1), axis=0)
+def _amax_kernel(x_ptr, amax_bits_ptr, R, K, stride_r, stride_k, h_ptr, tiles_k, n_programs, tiles_per_program, RHT: tl.constexpr,
+                 TRANSPOSED: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Persistent: each program folds many tiles into a register maximum, then one atomic."""
+    acc = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
+    for i in range(0, tiles_per_program):
+        t = tl.program_id(0) + i * n_programs  # past the last tile: rows >= R, all masked
+        x, rows, cols, mask = _load_tile(x_ptr, (t // tiles_k) * BLOCK_R, (t % tiles_k) * BLOCK_K, R, K,
+                                         stride_r, stride_k, h_ptr, RHT, TRANSPOSED, BLOCK_R, BLOCK_K)
+        a = tl.abs(x)
+        acc = tl.maximum(acc, tl.where(a <= FP32_MAX, a, 0.0))  # NaN and Inf do not count
+    tile_max = tl.max(tl.max(acc, axis=1), axis=0)
     tl.atomic_max(amax_bits_ptr, tile_max.to(tl.int32, bitcast=True))
 
 
@@ -94,36 +109,66 @@ def _e4m3_value(bits):
 
 
 @triton.jit
+def _e2m1_value(code):
+    c = code & 7
+    mag = tl.where(c < 4, c.to(tl.float32) * 0.5, tl.where(c < 6, (c - 2).to(tl.float32), tl.where(c == 6, 4.0, 6.0)))
+    return tl.where((code & 8) != 0, -mag, mag)
+
+
+@triton.jit
+def _e2m1_scaled(a):
+    """``|v|`` -> (``|v|`` in units of its E2M1 grid step, the code of the grid's start there).
+
+    The grid steps are 0.5 on [0, 2), 1 on [2, 4) and 2 on [4, 6]: scaling by 2, 1 or 1/2 is
+    exact, so integer rounding of the scaled value is rounding to the grid, and the code is
+    that integer plus 0, 2 or 4 (code 4 = 2.0, code 6 = 4.0). Few instructions a value: this
+    is the inner loop of every quantizer."""
+    small, mid = a < 2.0, a < 4.0
+    scaled = tl.where(small, a * 2.0, tl.where(mid, a, a * 0.5))
+    offset = tl.where(small, 0, tl.where(mid, 2, 4))
+    return scaled, offset
+
+
+@triton.jit
 def _e2m1_rne(v):
-    a = tl.abs(v)
-    code = ((a > 0.25).to(tl.int32) + (a >= 0.75).to(tl.int32) + (a > 1.25).to(tl.int32)
-            + (a >= 1.75).to(tl.int32) + (a > 2.5).to(tl.int32) + (a >= 3.5).to(tl.int32)
-            + (a > 5.0).to(tl.int32))
+    """Round to nearest, ties to the even code (the even integer in scaled units), saturate at 6."""
+    scaled, offset = _e2m1_scaled(tl.minimum(tl.abs(v), 8.0))  # bounded before the integer conversion
+    nearest = ((scaled + 12582912.0) - 12582912.0).to(tl.int32)  # 1.5 * 2^23: RNE to an integer
+    code = tl.minimum(nearest + offset, 7)
     return code | tl.where(v < 0, 8, 0)
 
 
 @triton.jit
 def _e2m1_sr(v, u):
-    a = tl.minimum(tl.abs(v), 6.0)
-    step = tl.where(a < 2.0, 0.5, tl.where(a < 4.0, 1.0, 2.0))
-    base = tl.where(a < 2.0, 0.0, tl.where(a < 4.0, 2.0, 4.0))
-    lo = base + tl.floor((a - base) / step) * step  # exact: step is a power of two
-    frac = (a - lo) / step
-    up = u < frac
-    mag = tl.where(up, lo + step, lo)
-    code = tl.where(mag < 2.0, (mag * 2.0).to(tl.int32), tl.where(mag < 4.0, (mag + 2.0).to(tl.int32),
-                    tl.where(mag < 6.0, 6, 7)))
+    """Round up with probability equal to the distance from the grid point below, in steps."""
+    scaled, offset = _e2m1_scaled(tl.minimum(tl.abs(v), 6.0))
+    below = tl.floor(scaled)
+    code = tl.minimum(below.to(tl.int32) + (u < scaled - below).to(tl.int32) + offset, 7)
     return code | tl.where(v < 0, 8, 0)
+
+
+@triton.jit
+def _uniforms(seed_ptr, rows, k0, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """``[BLOCK_R, BLOCK_K // 16, 16]`` uniforms in [0, 1): one Philox call gives four, keyed by
+    (row, group of four columns), so any tensor size gets distinct counters."""
+    seed = tl.load(seed_ptr)
+    groups = k0 // 4 + tl.arange(0, BLOCK_K // 4)
+    c0 = rows[:, None] + 0 * groups[None, :]
+    c1 = groups[None, :] + 0 * rows[:, None]
+    r0, r1, r2, r3 = tl.philox(seed, c0, c1, 0 * c0, 0 * c0)
+    bits = tl.reshape(tl.join(tl.join(r0, r1), tl.join(r2, r3)), (BLOCK_R, BLOCK_K // 16, 16))
+    return tl.uint_to_uniform_float(bits)
 
 
 @triton.jit
 def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, amax_bits_ptr, s_dec_ptr, seed_ptr,
                      R, K, stride_r, stride_k, h_ptr, codes_stride, scales_stride,
-                     RHT: tl.constexpr, TWO_D: tl.constexpr, SR: tl.constexpr,
+                     RHT: tl.constexpr, TWO_D: tl.constexpr, SR: tl.constexpr, TRANSPOSED: tl.constexpr,
                      BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_r, pid_k = tl.program_id(0), tl.program_id(1)
     r0, k0 = pid_r * BLOCK_R, pid_k * BLOCK_K
-    x, rows, cols, mask = _load_tile(x_ptr, r0, k0, R, K, stride_r, stride_k, h_ptr, RHT, BLOCK_R, BLOCK_K)
+    x, rows, cols, mask = _load_tile(x_ptr, r0, k0, R, K, stride_r, stride_k, h_ptr, RHT, TRANSPOSED,
+                                     BLOCK_R, BLOCK_K)
 
     amax = tl.load(amax_bits_ptr).to(tl.float32, bitcast=True)
     s_enc = tl.minimum(tl.math.div_rn(2688.0, amax), FP32_MAX)
@@ -131,28 +176,27 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, amax_bits_ptr, s_dec_ptr, see
     s_dec = tl.math.div_rn(1.0, s_enc)
     one_sixth = tl.math.div_rn(1.0, 6.0)
 
-    finite = tl.abs(x) <= FP32_MAX
-    a = tl.where(finite, tl.abs(x), 0.0)
+    # A NaN counts as Inf, so a block holding NaN or Inf has an infinite amax.
+    a = tl.where(x == x, tl.abs(x), float("inf"))
     NB: tl.constexpr = BLOCK_K // 16
-    bmax = tl.max(tl.reshape(a, (BLOCK_R, NB, 16)), axis=2)
-    bad = tl.max(tl.reshape((~finite).to(tl.int32), (BLOCK_R, NB, 16)), axis=2)
-    if TWO_D:  # BLOCK_R == 16: the tile's 16 rows are this program's rows
-        bmax = tl.broadcast_to(tl.reshape(tl.max(bmax, axis=0), (1, NB)), (BLOCK_R, NB))
-        bad = tl.broadcast_to(tl.reshape(tl.max(bad, axis=0), (1, NB)), (BLOCK_R, NB))
+    if TWO_D:  # BLOCK_R == 16: the tile's 16 rows are this program's rows; one scale per 16x16
+        SR_: tl.constexpr = 1
+        amax_b = tl.reshape(tl.max(tl.reshape(tl.max(a, axis=0), (NB, 16)), axis=1), (1, NB))
+    else:
+        SR_: tl.constexpr = BLOCK_R
+        amax_b = tl.max(tl.reshape(a, (BLOCK_R, NB, 16)), axis=2)
+    bad = ~(amax_b <= FP32_MAX)
 
-    scale_bits = _e4m3_bits(bmax * (s_enc * one_sixth))
-    scale_bits = tl.where(bad != 0, 0x7F, scale_bits)
+    scale_bits = _e4m3_bits(amax_b * (s_enc * one_sixth))  # [SR_, NB]
+    scale_bits = tl.where(bad, 0x7F, scale_bits)
     s_enc_b = tl.minimum(tl.math.div_rn(1.0, _e4m3_value(scale_bits) * s_dec), FP32_MAX)
 
-    v = tl.reshape(x, (BLOCK_R, NB, 16)) * tl.reshape(s_enc_b, (BLOCK_R, NB, 1))
+    v = tl.reshape(x, (BLOCK_R, NB, 16)) * tl.reshape(s_enc_b, (SR_, NB, 1))
     if SR:
-        seed = tl.load(seed_ptr)
-        offsets = rows[:, None] * K + cols[None, :]
-        u = tl.reshape(tl.rand(seed, offsets), (BLOCK_R, NB, 16))
-        codes = _e2m1_sr(v, u)
+        codes = _e2m1_sr(v, _uniforms(seed_ptr, rows, k0, BLOCK_R, BLOCK_K))
     else:
         codes = _e2m1_rne(v)
-    codes = tl.where(tl.reshape(bad, (BLOCK_R, NB, 1)) != 0, 0, codes)
+    codes = tl.where(tl.reshape(bad, (SR_, NB, 1)), 0, codes)
     codes = tl.reshape(codes, (BLOCK_R, BLOCK_K // 2, 2))
     low, high = tl.split(codes)
     packed = (low | (high << 4)).to(tl.uint8)
@@ -162,6 +206,7 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, amax_bits_ptr, s_dec_ptr, see
     tl.store(codes_ptr + rows[:, None] * codes_stride + pcols[None, :], packed, mask=pmask)
     scols = k0 // 16 + tl.arange(0, NB)
     smask = (rows[:, None] < R) & (scols[None, :] < K // 16)
+    scale_bits = tl.broadcast_to(scale_bits, (BLOCK_R, NB))  # a 2D tile's scale repeats on its 16 rows
     tl.store(scales_ptr + rows[:, None] * scales_stride + scols[None, :], scale_bits.to(tl.uint8), mask=smask)
     if pid_r == 0 and pid_k == 0:
         tl.store(s_dec_ptr, s_dec)
@@ -172,8 +217,37 @@ def _h(device) -> torch.Tensor:
     return rht_matrix(dtype=torch.float32, device=device).contiguous()
 
 
+@functools.lru_cache(maxsize=None)
+def _programs(device) -> int:
+    """How many programs a persistent kernel launches: a few per SM."""
+    if device.type != "cuda":
+        return 4
+    return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizeTiles:
+    """Tile shapes of the quantize kernels (rows x K elements per program) and their warps.
+
+    2D scaling needs ``quantize_rows == 16`` (one 16x16 tile row per program)."""
+    amax_rows: int = 32
+    amax_k: int = 256
+    amax_warps: int = 8
+    quantize_rows: int = 16
+    quantize_k: int = 256
+    quantize_warps: int = 4
+
+
+DEFAULT_TILES = QuantizeTiles()
+
+
+def is_transposed(x: torch.Tensor) -> bool:
+    """True when memory runs along dim 0 (a transposed view of a row-major tensor)."""
+    return x.stride(0) == 1 and x.stride(1) != 1 and x.shape[1] > 1
+
+
 def quantize_nvfp4(x: torch.Tensor, block_rows: int = 1, rounding: str = "rne", rht: bool = False,
-                   seed: torch.Tensor | None = None):
+                   seed: torch.Tensor | None = None, tiles: QuantizeTiles = DEFAULT_TILES):
     """``x [R, K]`` (any strides, K a multiple of 16; R a multiple of 16 for 2D) ->
     (codes uint8 [R, K/2], scale bits uint8 [R, K/16], S_dec fp32 0-dim)."""
     R, K = x.shape
@@ -191,14 +265,24 @@ def quantize_nvfp4(x: torch.Tensor, block_rows: int = 1, rounding: str = "rne", 
         seed = torch.randint(0, 2**31 - 1, (), device=x.device, dtype=torch.int64).to(torch.int32)
     if seed is None:
         seed = amax_bits  # unused
-    h = _h(x.device)
-    block_r, block_k = 16, 64
-    grid = (triton.cdiv(R, block_r), triton.cdiv(K, block_k))
-    if R and K:
-        _amax_kernel[grid](x, amax_bits, R, K, x.stride(0), x.stride(1), h, RHT=rht, BLOCK_R=block_r, BLOCK_K=block_k)
-        _quantize_kernel[grid](x, codes, scales, amax_bits, s_dec, seed, R, K, x.stride(0), x.stride(1), h,
-                               codes.stride(0), scales.stride(0), RHT=rht, TWO_D=block_rows == 16,
-                               SR=rounding == "sr", BLOCK_R=block_r, BLOCK_K=block_k)
-    else:
+    if not (R and K):
         s_dec.fill_(1.0)
+        return codes, scales, s_dec
+    h = _h(x.device)
+    transposed = is_transposed(x)
+    # Without the RHT the amax does not depend on the orientation: read memory in its order.
+    src = x.t() if transposed and not rht else x
+    ar, ak = tiles.amax_rows, tiles.amax_k
+    tiles_k = triton.cdiv(src.shape[1], ak)
+    n_tiles = triton.cdiv(src.shape[0], ar) * tiles_k
+    programs = min(n_tiles, _programs(x.device))
+    _amax_kernel[(programs,)](
+        src, amax_bits, src.shape[0], src.shape[1], src.stride(0), src.stride(1), h, tiles_k, programs, triton.cdiv(n_tiles, programs), RHT=rht,
+        TRANSPOSED=transposed and rht, BLOCK_R=ar, BLOCK_K=ak, num_warps=tiles.amax_warps)
+    qr = 16 if block_rows == 16 else tiles.quantize_rows
+    qk = tiles.quantize_k
+    _quantize_kernel[(triton.cdiv(R, qr), triton.cdiv(K, qk))](
+        x, codes, scales, amax_bits, s_dec, seed, R, K, x.stride(0), x.stride(1), h,
+        codes.stride(0), scales.stride(0), RHT=rht, TWO_D=block_rows == 16, SR=rounding == "sr",
+        TRANSPOSED=transposed, BLOCK_R=qr, BLOCK_K=qk, num_warps=tiles.quantize_warps)
     return codes, scales, s_dec

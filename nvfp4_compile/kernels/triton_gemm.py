@@ -1,0 +1,138 @@
+"""Triton GEMMs for the Hopper emulation of ``C = alpha * (A @ B^T) (+ bias)`` (NUMERICS.md §6).
+
+Hopper has no FP4 tensor cores, but every ``q * s_dec_b`` (an E2M1 value times an E4M3 block
+scale) is exact in BF16, so a BF16 tensor-core product with FP32 accumulation over those
+values, scaled once by ``alpha = S_dec^A * S_dec^B``, computes the block-scaled FP4 product up
+to the order of the FP32 sums. Three ways to run it, all with the same single rounding:
+
+- ``"cublas"``: dequantize both operands to BF16 (``triton_dequant``), cuBLAS ``mm`` with an
+  FP32 output, then one Triton pass ``alpha * acc (+ bias) -> out_dtype``.
+- ``"triton"``: dequantize both operands to BF16, then a Triton tensor-core GEMM whose
+  epilogue applies alpha and bias: no FP32 output in memory.
+- ``"fused"``: a Triton GEMM that reads the packed codes and E4M3 scales and dequantizes
+  in registers before each MMA: neither BF16 operand nor FP32 output touches memory.
+
+``alpha`` and the bias are read on the device (no host round trip). Which one is fastest
+depends on the GPU and the shape; ``bench/gemm.py`` measures them, ``DEFAULT_STRATEGY``
+records the choice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .triton_dequant import _fp4_tile, dequantize_to_bf16
+
+
+@dataclasses.dataclass(frozen=True)
+class GemmTiles:
+    block_m: int = 128
+    block_n: int = 256
+    block_k: int = 64
+    group_m: int = 8
+    num_warps: int = 8
+    num_stages: int = 3
+
+
+DEFAULT_TILES = GemmTiles()
+STRATEGIES = ("cublas", "triton", "fused")
+#: ``NVFP4_COMPILE_GEMM=cublas|triton|fused`` overrides the measured choice.
+DEFAULT_STRATEGY = os.environ.get("NVFP4_COMPILE_GEMM", "cublas")
+
+
+@triton.jit
+def _gemm_kernel(a_ptr, a_scales_ptr, b_ptr, b_scales_ptr, a_scale_ptr, b_scale_ptr, bias_ptr, c_ptr,
+                 M, N, K, FP4_INPUTS: tl.constexpr, HAS_BIAS: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """One ``[BLOCK_M, BLOCK_N]`` tile of C; programs grouped along M so B tiles stay in L2."""
+    pid = tl.program_id(0)
+    tiles_m, tiles_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * tiles_n
+    first_m = (pid // per_group) * GROUP_M
+    group_rows = tl.minimum(tiles_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % group_rows
+    pid_n = (pid % per_group) // group_rows
+
+    rows_a = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows_b = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    ks = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        if FP4_INPUTS:
+            a = _fp4_tile(a_ptr, a_scales_ptr, rows_a, k0, M, K, BLOCK_M, BLOCK_K)
+            b = _fp4_tile(b_ptr, b_scales_ptr, rows_b, k0, N, K, BLOCK_N, BLOCK_K)
+        else:
+            kmask = (k0 + ks)[None, :] < K
+            a = tl.load(a_ptr + rows_a[:, None].to(tl.int64) * K + (k0 + ks)[None, :],
+                        mask=(rows_a[:, None] < M) & kmask, other=0.0)
+            b = tl.load(b_ptr + rows_b[:, None].to(tl.int64) * K + (k0 + ks)[None, :],
+                        mask=(rows_b[:, None] < N) & kmask, other=0.0)
+        acc = tl.dot(a, tl.trans(b), acc)
+
+    alpha = tl.load(a_scale_ptr) * tl.load(b_scale_ptr)
+    out = acc * alpha
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if HAS_BIAS:
+        out = out + tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+    mask = (rows_a[:, None] < M) & (cols[None, :] < N)
+    tl.store(c_ptr + rows_a[:, None].to(tl.int64) * N + cols[None, :], out.to(c_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _epilogue_kernel(acc_ptr, a_scale_ptr, b_scale_ptr, bias_ptr, out_ptr, M, N, HAS_BIAS: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """``alpha * acc (+ bias)`` in FP32, one rounding to the output dtype."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (rows[:, None] < M) & (cols[None, :] < N)
+    offsets = rows[:, None].to(tl.int64) * N + cols[None, :]
+    out = tl.load(acc_ptr + offsets, mask=mask, other=0.0) * (tl.load(a_scale_ptr) * tl.load(b_scale_ptr))
+    if HAS_BIAS:
+        out = out + tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+    tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _bias_arg(bias, like):
+    return bias.contiguous() if bias is not None else like
+
+
+def emulated_gemm(a_codes, a_scale_bits, a_scale, b_codes, b_scale_bits, b_scale, bias, out_dtype,
+                  strategy: str | None = None, tiles: GemmTiles = DEFAULT_TILES) -> torch.Tensor:
+    """``alpha * (A_deq @ B_deq^T) (+ bias)`` in ``out_dtype``; ``A [M, K/2]``, ``B [N, K/2]`` packed codes."""
+    strategy = strategy or DEFAULT_STRATEGY
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown GEMM strategy {strategy!r}; expected one of {STRATEGIES}")
+    M, N, K = a_codes.shape[0], b_codes.shape[0], a_codes.shape[1] * 2
+    a_scale = a_scale.reshape(()).to(torch.float32)
+    b_scale = b_scale.reshape(()).to(torch.float32)
+    out = torch.empty((M, N), dtype=out_dtype, device=a_codes.device)
+    if M == 0 or N == 0:
+        return out
+    if K == 0:
+        return out.copy_((bias.to(torch.float32) if bias is not None else torch.zeros(N, device=out.device))
+                         .expand(M, N))
+    bias_arg = _bias_arg(bias, a_scale)
+    if strategy == "cublas":
+        acc = torch.mm(dequantize_to_bf16(a_codes, a_scale_bits), dequantize_to_bf16(b_codes, b_scale_bits).t(),
+                       out_dtype=torch.float32)
+        grid = (triton.cdiv(M, 32), triton.cdiv(N, 256))
+        _epilogue_kernel[grid](acc, a_scale, b_scale, bias_arg, out, M, N, HAS_BIAS=bias is not None,
+                               BLOCK_M=32, BLOCK_N=256, num_warps=8)
+        return out
+    if strategy == "triton":
+        a, a_s = dequantize_to_bf16(a_codes, a_scale_bits), a_scale_bits
+        b, b_s = dequantize_to_bf16(b_codes, b_scale_bits), b_scale_bits
+    else:
+        a, a_s, b, b_s = a_codes.contiguous(), a_scale_bits.contiguous(), b_codes.contiguous(), b_scale_bits.contiguous()
+    t = tiles
+    grid = (triton.cdiv(M, t.block_m) * triton.cdiv(N, t.block_n),)
+    _gemm_kernel[grid](a, a_s, b, b_s, a_scale, b_scale, bias_arg, out, M, N, K,
+                       FP4_INPUTS=strategy == "fused", HAS_BIAS=bias is not None,
+                       BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k, GROUP_M=t.group_m,
+                       num_warps=t.num_warps, num_stages=t.num_stages)
+    return out
