@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from . import decisions
+from . import decisions, demo
 from .options import BackendOptions
 from .policy import PolicyError
 
@@ -139,7 +139,11 @@ def main(argv=None) -> int:
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a backend option; VALUE is JSON (e.g. --option 'bf16_modules=[\"*.head\"]')")
     p.add_argument("--json", help="also write the decisions and totals to this JSON file")
+    d = sub.add_parser("demo", help="train a small GPT in high precision and in NVFP4 and compare them (CPU or GPU)")
+    demo.add_arguments(d)
     args = parser.parse_args(argv)
+    if args.command == "demo":
+        return demo.main_from_args(args)
     return plan(args)
 
 
