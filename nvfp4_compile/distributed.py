@@ -68,6 +68,14 @@ def _module_of(fqn: str) -> str:
     return fqn.rsplit(".", 1)[0] if "." in fqn else ""
 
 
+def _param_groups(state) -> list:
+    groups = getattr(state, "_fsdp_param_groups", None)  # several meshes per module (newer FSDP2)
+    if groups is None:
+        group = getattr(state, "_fsdp_param_group", None)
+        groups = [group] if group is not None else []
+    return list(groups)
+
+
 def _fsdp_unsharded_params() -> dict[int, tuple[str, object]]:
     """``id(unsharded parameter) -> (fully qualified name, FSDP state)`` over every FSDP2 module.
 
@@ -84,7 +92,7 @@ def _fsdp_unsharded_params() -> dict[int, tuple[str, object]]:
         state = ref()
         if not isinstance(state, FSDPState):
             continue
-        for group in getattr(state, "_fsdp_param_groups", ()):
+        for group in _param_groups(state):
             for fsdp_param in group.fsdp_params:
                 param = getattr(fsdp_param, "_unsharded_param", None)
                 fqn = getattr(fsdp_param, "_param_fqn", None)
@@ -96,7 +104,7 @@ def _fsdp_unsharded_params() -> dict[int, tuple[str, object]]:
 def _fsdp_tree_fqns(state) -> list[str]:
     """The parameter names of every FSDP2 module under the same root as ``state``."""
     states = getattr(getattr(state, "_state_ctx", None), "all_states", None) or [state]
-    return [fp._param_fqn for s in states for g in getattr(s, "_fsdp_param_groups", ())
+    return [fp._param_fqn for s in states for g in _param_groups(s)
             for fp in g.fsdp_params if getattr(fp, "_param_fqn", None)]
 
 

@@ -1,0 +1,165 @@
+"""Data-parallel training step: BF16 (Inductor) against NVFP4, with and without the NVFP4 weight all-gather.
+
+    torchrun --nproc_per_node 2 bench/distributed.py                          # GPUs, NCCL, ~1B GPT, FSDP2
+    torchrun --nproc_per_node 2 bench/distributed.py --parallel ddp           # DDP instead of FSDP2
+    torchrun --nproc_per_node 2 bench/distributed.py --tiny --device cpu      # gloo smoke test on a CPU
+
+FSDP2 shards every block and the root, keeps FP32 master weights and computes in BF16
+(``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)``), so the plain all-gather moves
+BF16 weights. Configurations:
+
+- ``bf16``: ``torch.compile(model)`` with Inductor;
+- ``nvfp4``: ``backend="nvfp4"``, weights all-gathered in BF16;
+- ``nvfp4 + fp4 all-gather`` (FSDP2 only): the quantized layers' weights all-gathered as FP4
+  codes and E4M3 tile scales (``nvfp4_compile.distributed.enable_nvfp4_all_gather``), their
+  amaxes reduced in one all-reduce after each optimizer step (``precompute_amax``).
+
+Reports, on rank 0, tokens/s over all ranks and the bytes each rank hands to collectives per
+step (all-gather: what it contributes; reduce-scatter and all-reduce: its input), counted
+in the Python collective calls (FSDP2) or a DDP communication hook; a rich table and JSON
+(``bench/out/distributed_<parallel>_<size>.json``, ``distributed_tiny.json`` with ``--tiny``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import report  # noqa: E402
+from bench.train_step import GPT  # noqa: E402
+
+import nvfp4_compile  # noqa: E402,F401
+from nvfp4_compile import distributed as ncd  # noqa: E402
+
+CONFIGS = {"bf16": ("inductor", False), "nvfp4": ("nvfp4", False), "nvfp4 + fp4 all-gather": ("nvfp4", True)}
+
+
+def build(config: dict, device: torch.device, parallel: str, backend: str, fp4_all_gather: bool, counter):
+    torch.manual_seed(0)
+    model = GPT(**config["model"]).to(device)
+    enabled = []
+    if parallel == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        if fp4_all_gather:
+            enabled = ncd.enable_nvfp4_all_gather(model)
+        mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        for block in model.layers:
+            fully_shard(block, mesh=mesh, mp_policy=mp)
+        fully_shard(model, mesh=mesh, mp_policy=mp)
+        wrapped = model
+    else:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = model.to(torch.bfloat16)
+        wrapped = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        wrapped.register_comm_hook(None, ncd.counting_allreduce_hook(counter))
+    return model, torch.compile(wrapped, backend=backend), enabled
+
+
+def run(name: str, config: dict, steps: int, device: torch.device, parallel: str) -> dict:
+    backend, fp4_all_gather = CONFIGS[name]
+    torch._dynamo.reset()
+    counter = ncd.CommBytes()
+    model, compiled, enabled = build(config, device, parallel, backend, fp4_all_gather, counter)
+    ncd.seed_per_rank(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+    batch, seq, vocab = config["batch"], config["seq"], config["model"]["vocab"]
+    tokens = torch.randint(0, vocab, (batch, seq + 1), device=device)
+
+    def step():
+        logits = compiled(tokens[:, :-1])
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if fp4_all_gather:
+            ncd.precompute_amax(model, torch.bfloat16)
+        return loss
+
+    for _ in range(2):  # compile and warm up
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    dist.barrier()
+    counter.__init__()
+    start = time.perf_counter()
+    with ncd.count_collectives(counter):
+        for _ in range(steps):
+            loss = step()
+    loss = loss.detach()
+    dist.all_reduce(loss)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    elapsed_max = torch.tensor(elapsed, device=device)
+    dist.all_reduce(elapsed_max, op=dist.ReduceOp.MAX)
+    world = dist.get_world_size()
+    per_step = {k: v / steps for k, v in counter.input.items()}
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    return {
+        "tokens_per_s": world * steps * batch * seq / elapsed_max.item(),
+        "all_gather_mb": per_step.get("all_gather", 0) / 2**20,
+        "reduce_scatter_mb": per_step.get("reduce_scatter", 0) / 2**20,
+        "all_reduce_mb": (per_step.get("all_reduce", 0) + per_step.get("ddp_all_reduce", 0)) / 2**20,
+        "calls_per_step": {k: v / steps for k, v in counter.calls.items()},
+        "fp4_all_gather_layers": len(enabled),
+        "peak_gib": peak,
+        "loss": loss.item() / world,
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tiny", action="store_true", help="a few-layer model, to check the script")
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--parallel", choices=["fsdp", "ddp"], default="fsdp")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--size", choices=["1b", "small"], default="1b",
+                        help="small: 4 blocks of width 2048 (each block is its own graph under FSDP2)")
+    args = parser.parse_args(argv)
+
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if args.device == "cuda":
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+        device = torch.device("cpu")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if args.tiny:
+        config = {"model": dict(vocab=256, dim=64, depth=4, heads=4), "batch": 2, "seq": 32}
+        steps = min(args.steps, 3)
+    else:  # 1b: ~1.1B parameters, 24 blocks of width 2048 with a 32k vocabulary; small: 4 such blocks
+        depth = 24 if args.size == "1b" else 4
+        config = {"model": dict(vocab=32768, dim=2048, depth=depth, heads=16), "batch": 4, "seq": 2048}
+        steps = args.steps
+    names = [n for n in CONFIGS if args.parallel == "fsdp" or not CONFIGS[n][1]]
+    results = {name: run(name, config, steps, device, args.parallel) for name in names}
+    if dist.get_rank() == 0:
+        base = results["bf16"]
+        rows = [[name, r["tokens_per_s"], r["tokens_per_s"] / base["tokens_per_s"], r["all_gather_mb"],
+                 r["reduce_scatter_mb"], r["all_reduce_mb"], r["peak_gib"], r["loss"]]
+                for name, r in results.items()]
+        report(f"{args.parallel.upper()} training step, {dist.get_world_size()} ranks on {device.type}",
+               ["configuration", "tokens/s", "vs bf16", "all-gather MiB/step", "reduce-scatter MiB/step",
+                "all-reduce MiB/step", "peak GiB", "loss"], rows,
+               "distributed_tiny" if args.tiny else f"distributed_{args.parallel}_{args.size}",
+               {"config": config, "steps": steps, "parallel": args.parallel, "world_size": dist.get_world_size(),
+                "results": results, "bytes": "per rank and step: what the rank hands to each kind of collective"})
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
