@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_quantize import _e2m1_value, _e4m3_value, _h, _load_tile, is_transposed
+from .triton_quantize import RHT_TILE, _e2m1_value, _e4m3_value, _h, _load_tile, is_transposed
 
 
 @triton.jit
@@ -65,7 +65,7 @@ def rht_to_bf16(x: torch.Tensor) -> torch.Tensor:
         return rht(x.to(torch.float32)).to(torch.bfloat16)
     out = torch.empty((R, K), dtype=torch.bfloat16, device=x.device)
     if R and K:
-        grid = (triton.cdiv(R, 32), triton.cdiv(K, 128))
+        grid = (triton.cdiv(R, 64), triton.cdiv(K, RHT_TILE))
         _rht_kernel[grid](x, out, R, K, x.stride(0), x.stride(1), _h(x.device), TRANSPOSED=is_transposed(x),
-                          BLOCK_R=32, BLOCK_K=128, num_warps=4)
+                          BLOCK_R=64, BLOCK_K=RHT_TILE, num_warps=4)
     return out

@@ -37,16 +37,31 @@ def _round_to_bf16(f):
 
 
 @triton.jit
-def _rht_tile(x, h, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
-    """[BLOCK_R, BLOCK_K] BF16 values (in fp32) -> each 16-run times H, rounded to BF16.
+def _rht_tile(x, h_ptr, BLOCK_K: tl.constexpr):
+    """``[BLOCK_R, BLOCK_K]`` BF16 values -> each 16-run times H, rounded to BF16 (kept in fp32).
 
-    For BF16 inputs the products x * (+-1/4) are exact and the IEEE FP32 dot of 16 of them is
-    the exact sum unless the run spans more than 2^16 in magnitude, so the result is the
-    reference's (exact, then FP32, then BF16). FP16/FP32 inputs take the reference RHT first
-    (see ``quantize_nvfp4``): their sums need more than FP32."""
-    runs = tl.reshape(x, (BLOCK_R * (BLOCK_K // 16), 16))
-    y = tl.dot(runs, h, input_precision="ieee")
-    return _round_to_bf16(tl.reshape(y, (BLOCK_R, BLOCK_K)))
+    One tensor-core product with ``blockdiag(H, ..., H)`` (``[BLOCK_K, BLOCK_K]``, entries
+    ±1/4 and 0, exact in BF16): the products are exact and FP32 accumulation gives the exact
+    sum whenever it fits FP32's 24 bits (a run spanning less than about 2^12 in magnitude),
+    so the result is the reference's (exact, then FP32, then BF16). FP16/FP32 inputs take
+    the reference RHT first (see ``quantize_nvfp4``). A NaN or Inf would leak into the other
+    runs of the tile through the zeros (0 * Inf = NaN), so non-finite inputs are zeroed and a
+    second product with ``blockdiag(ones(16, 16))`` counts them per run; a run that held one
+    comes out NaN, as the reference's does. ``h_ptr`` holds the two matrices, in BF16 (or in
+    FP32 under Triton's CPU interpreter, whose BF16 dot is not exact)."""
+    i = tl.arange(0, BLOCK_K)
+    h = tl.load(h_ptr + i[:, None] * BLOCK_K + i[None, :])
+    runs = tl.load(h_ptr + BLOCK_K * BLOCK_K + i[:, None] * BLOCK_K + i[None, :])
+    xf = x.to(tl.float32)
+    nonfinite = ~(tl.abs(xf) <= FP32_MAX)
+    clean = tl.where(nonfinite, 0.0, xf).to(h.dtype)
+    if h.dtype == tl.float32:
+        y = tl.dot(clean, h, input_precision="ieee")
+        bad = tl.dot(nonfinite.to(tl.float32), runs, input_precision="ieee")
+    else:
+        y = tl.dot(clean, h)
+        bad = tl.dot(nonfinite.to(h.dtype), runs)
+    return tl.where(bad > 0.0, float("nan"), _round_to_bf16(y))
 
 
 @triton.jit
@@ -63,13 +78,13 @@ def _load_tile(x_ptr, r0, k0, R, K, stride_r, stride_k, h_ptr, RHT: tl.constexpr
     if TRANSPOSED:
         xt = tl.load(x_ptr + cols[:, None] * stride_k + rows[None, :] * stride_r,
                      mask=(cols[:, None] < K) & (rows[None, :] < R), other=0.0)
-        x = tl.trans(xt).to(tl.float32)
+        x = tl.trans(xt)
     else:
-        x = tl.load(x_ptr + rows[:, None] * stride_r + cols[None, :] * stride_k, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + rows[:, None] * stride_r + cols[None, :] * stride_k, mask=mask, other=0.0)
     if RHT:
-        hi = tl.arange(0, 16)
-        h = tl.load(h_ptr + hi[:, None] * 16 + hi[None, :])
-        x = _rht_tile(x, h, BLOCK_R, BLOCK_K)
+        x = _rht_tile(x, h_ptr, BLOCK_K)
+    else:
+        x = x.to(tl.float32)
     return x, rows, cols, mask
 
 
@@ -212,9 +227,19 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, amax_bits_ptr, s_dec_ptr, see
         tl.store(s_dec_ptr, s_dec)
 
 
+RHT_TILE = 64  # K-extent of a tile when the RHT is fused: blockdiag(H) is RHT_TILE x RHT_TILE
+
+
 @functools.lru_cache(maxsize=None)
-def _h(device) -> torch.Tensor:
-    return rht_matrix(dtype=torch.float32, device=device).contiguous()
+def _h(device, block_k: int = RHT_TILE) -> torch.Tensor:
+    """``[blockdiag(H), blockdiag(ones(16, 16))]``, ``[2, block_k, block_k]``, for ``_rht_tile``."""
+    import os
+
+    dtype = torch.float32 if os.environ.get("TRITON_INTERPRET") == "1" else torch.bfloat16
+    n = block_k // 16
+    h = torch.block_diag(*[rht_matrix(dtype=torch.float64)] * n)
+    runs = torch.block_diag(*[torch.ones(16, 16, dtype=torch.float64)] * n)
+    return torch.stack([h, runs]).to(dtype=dtype, device=device).contiguous()
 
 
 @functools.lru_cache(maxsize=None)
@@ -273,6 +298,8 @@ def quantize_nvfp4(x: torch.Tensor, block_rows: int = 1, rounding: str = "rne", 
     # Without the RHT the amax does not depend on the orientation: read memory in its order.
     src = x.t() if transposed and not rht else x
     ar, ak = tiles.amax_rows, tiles.amax_k
+    if rht:
+        ar, ak = max(ar, RHT_TILE), RHT_TILE
     tiles_k = triton.cdiv(src.shape[1], ak)
     n_tiles = triton.cdiv(src.shape[0], ar) * tiles_k
     programs = min(n_tiles, _programs(x.device))
@@ -281,6 +308,8 @@ def quantize_nvfp4(x: torch.Tensor, block_rows: int = 1, rounding: str = "rne", 
         TRANSPOSED=transposed and rht, BLOCK_R=ar, BLOCK_K=ak, num_warps=tiles.amax_warps)
     qr = 16 if block_rows == 16 else tiles.quantize_rows
     qk = tiles.quantize_k
+    if rht:
+        qr, qk = max(qr, RHT_TILE), RHT_TILE
     _quantize_kernel[(triton.cdiv(R, qr), triton.cdiv(K, qk))](
         x, codes, scales, amax_bits, s_dec, seed, R, K, x.stride(0), x.stride(1), h,
         codes.stride(0), scales.stride(0), RHT=rht, TWO_D=block_rows == 16, SR=rounding == "sr",
