@@ -23,7 +23,12 @@ a block's ``forward`` once and reuse it for every block, with module paths relat
 block (``fc1`` instead of ``layers.3.fc1``). :func:`model_context` names each weight by its
 FSDP2 fully qualified name, counts the blocks of the whole model, and guards the graph on
 the identity of its block, so that every block gets its own graph and its own decisions
-(the last blocks stay in high precision, as in one process).
+(the last blocks stay in high precision, as in one process). Compile time therefore grows
+with the number of blocks; Dynamo's recompile limit is raised to fit them. The root's own
+forward is not compiled (the root's hooks make Dynamo fall back to eager for that frame):
+its layers, typically the embedding and the output head, run eagerly in high precision,
+where the backend keeps them anyway. A root that holds linears the recipe would quantize
+runs them in high precision unless they are compiled separately.
 
 Stochastic rounding draws from the device's default generator. With the same
 ``torch.manual_seed`` on every rank (which model initialisation usually needs), every rank
