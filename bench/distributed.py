@@ -33,11 +33,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import report  # noqa: E402
-from bench.train_step import GPT  # noqa: E402
-
-import nvfp4_compile  # noqa: E402,F401
-from nvfp4_compile import distributed as ncd  # noqa: E402
+import nvfp4_compile  # noqa: F401
+from bench.common import report
+from bench.train_step import GPT
+from nvfp4_compile import distributed as ncd
 
 CONFIGS = {"bf16": ("inductor", False), "nvfp4": ("nvfp4", False), "nvfp4 + fp4 all-gather": ("nvfp4", True)}
 
@@ -130,20 +129,20 @@ def main(argv=None):
                         help="small: 4 blocks of width 2048 (each block is its own graph under FSDP2)")
     args = parser.parse_args(argv)
 
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if args.device == "cuda":
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     else:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
         device = torch.device("cpu")
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if args.tiny:
-        config = {"model": dict(vocab=256, dim=64, depth=4, heads=4), "batch": 2, "seq": 32}
+        config = {"model": {"vocab": 256, "dim": 64, "depth": 4, "heads": 4}, "batch": 2, "seq": 32}
         steps = min(args.steps, 3)
     else:  # 1b: ~1.1B parameters, 24 blocks of width 2048 with a 32k vocabulary; small: 4 such blocks
         depth = 24 if args.size == "1b" else 4
-        config = {"model": dict(vocab=32768, dim=2048, depth=depth, heads=16), "batch": 4, "seq": 2048}
+        config = {"model": {"vocab": 32768, "dim": 2048, "depth": depth, "heads": 16}, "batch": 4, "seq": 2048}
         steps = args.steps
     names = [n for n in CONFIGS if args.parallel == "fsdp" or not CONFIGS[n][1]]
     results = {name: run(name, config, steps, device, args.parallel) for name in names}

@@ -57,8 +57,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
-import torch.nn as nn
 import torch.utils._pytree as pytree
+from torch import nn
 
 from .numerics import NVFP4Tensor, dequantize
 

@@ -16,7 +16,7 @@ compiled kernels across scenarios) and return plain tensors and tables; the test
 
 from __future__ import annotations
 
-import copy
+import math
 import os
 import traceback
 import warnings
@@ -26,8 +26,8 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 import nvfp4_compile as nc
 from nvfp4_compile import distributed as ncd
@@ -459,7 +459,7 @@ def test_fsdp2_nvfp4_all_gather_matches_the_plain_all_gather_and_moves_fewer_byt
     # Bytes this rank contributes to all-gathers: each converted FP32 shard [r, k] (4 bytes a
     # value) becomes codes (r*k/2) and one scale a tile (r*k/256); blocks are gathered twice
     # a step (forward, and again for backward after resharding).
-    saved = sum(math_prod(shape) * size - (math_prod(shape) // 2 + math_prod(shape) // 256)
+    saved = sum(math.prod(shape) * size - (math.prod(shape) // 2 + math.prod(shape) // 256)
                 for shape, size in fp4["local_shapes"].values())
     gathered_plain, gathered_fp4 = plain["comm"]["input"]["all_gather"], fp4["comm"]["input"]["all_gather"]
     assert gathered_plain - gathered_fp4 == 2 * saved, (gathered_plain, gathered_fp4, saved)
@@ -467,16 +467,9 @@ def test_fsdp2_nvfp4_all_gather_matches_the_plain_all_gather_and_moves_fewer_byt
     assert fp4["comm"]["input"]["all_reduce"] == 2 * 4 * len(fp4["enabled"])
     fp4_bytes, bf16_bytes = 0, 0
     for shape, _ in fp4["local_shapes"].values():
-        n = math_prod(shape)
+        n = math.prod(shape)
         fp4_bytes, bf16_bytes = fp4_bytes + n // 2 + n // 256, bf16_bytes + 2 * n
     assert fp4_bytes / bf16_bytes < 0.26  # 4.06 bits a weight instead of 16
-
-
-def math_prod(shape):
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def test_training_loss_tracks_the_single_process_curve(ranks):
