@@ -254,13 +254,15 @@ def _programs(device) -> int:
 class QuantizeTiles:
     """Tile shapes of the quantize kernels (rows x K elements per program) and their warps.
 
-    2D scaling needs ``quantize_rows == 16`` (one 16x16 tile row per program)."""
+    2D scaling takes 16 rows a program (one row of 16x16 tiles) and its own K extent and warps."""
     amax_rows: int = 32
     amax_k: int = 256
     amax_warps: int = 8
     quantize_rows: int = 16
     quantize_k: int = 256
     quantize_warps: int = 4
+    two_d_k: int = 256
+    two_d_warps: int = 4
 
 
 DEFAULT_TILES = QuantizeTiles()
@@ -306,12 +308,13 @@ def quantize_nvfp4(x: torch.Tensor, block_rows: int = 1, rounding: str = "rne", 
     _amax_kernel[(programs,)](
         src, amax_bits, src.shape[0], src.shape[1], src.stride(0), src.stride(1), h, tiles_k, programs, triton.cdiv(n_tiles, programs), RHT=rht,
         TRANSPOSED=transposed and rht, BLOCK_R=ar, BLOCK_K=ak, num_warps=tiles.amax_warps)
-    qr = 16 if block_rows == 16 else tiles.quantize_rows
-    qk = tiles.quantize_k
+    qr, qk, warps = tiles.quantize_rows, tiles.quantize_k, tiles.quantize_warps
+    if block_rows == 16:
+        qr, qk, warps = 16, tiles.two_d_k, tiles.two_d_warps
     if rht:
         qr, qk = max(qr, RHT_TILE), RHT_TILE
     _quantize_kernel[(triton.cdiv(R, qr), triton.cdiv(K, qk))](
         x, codes, scales, amax_bits, s_dec, seed, R, K, x.stride(0), x.stride(1), h,
         codes.stride(0), scales.stride(0), RHT=rht, TWO_D=block_rows == 16, SR=rounding == "sr",
-        TRANSPOSED=transposed, BLOCK_R=qr, BLOCK_K=qk, num_warps=tiles.quantize_warps)
+        TRANSPOSED=transposed, BLOCK_R=qr, BLOCK_K=qk, num_warps=warps)
     return codes, scales, s_dec
