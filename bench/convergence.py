@@ -2,10 +2,10 @@
 part of the recipe removed, on the same data, seed and schedule.
 
     python bench/convergence.py --size tiny                      # CPU, minutes (CI runs a shorter one)
-    python bench/convergence.py --size small --out DIR           # ~32M parameters, one GPU
+    python bench/convergence.py --size small --out DIR           # ~32M parameters, one GPU, < 8 minutes
     python bench/convergence.py --size medium --out DIR          # ~127M parameters, one GPU, hours
     python bench/convergence.py --runs baseline,nvfp4,mxfp4      # a subset of the runs
-    python bench/convergence.py --plot DIR/results.json          # redraw the table and plot only
+    python bench/convergence.py --plot DIR/results.json          # redraw the table and plot only (into --out)
 
 Runs (``--runs``; all by default, in this order):
 
@@ -16,6 +16,9 @@ Runs (``--runs``; all by default, in this order):
     weight_1d      recipe {"weight_2d": False}: 1x16 weight scales instead of 16x16
     no_bf16_tail   bf16_last_blocks_fraction 0: every block quantized (the head stays high precision)
     mxfp4          recipe {"format": "mxfp4"}: the rest of the recipe unchanged
+    baseline_repeat  the baseline again (same seed and data): its gap to the baseline is the
+                   run-to-run noise of nondeterministic GPU kernels (zero on CPU), the scale
+                   against which the other gaps are read
 
 Model: ``nvfp4_compile.gpt`` (RMSNorm, rotary embeddings, SwiGLU, blocks in ``blocks.<i>``,
 ``lm_head``), byte-level tokens. Corpus: the ``*.py`` files of the running Python's standard
@@ -30,6 +33,14 @@ validation curve, final validation loss and its relative gap to the baseline, th
 decay start, tokens/s, peak memory, GEMMs in FP4 and in high precision, compile time; the
 corpus and the configuration), ``summary.txt`` (the table), ``loss_curves.png`` (needs
 matplotlib; without it the plot is skipped with a message, and ``--plot`` draws it later).
+
+Budgets: ``tiny`` (0.25M parameters, 100 steps of 512 tokens) takes minutes on a 2-core CPU.
+``small`` (31.9M parameters, 80 steps of 16k tokens) was sized for all eight runs within 8
+minutes on one H100: measured 361 s there (torch 2.11, part of the compile cache warm); in an
+earlier run of the same shapes on a fresh machine the seven compilations took 232 s, 51 s more
+than in the measured one, so about 7 minutes from cold. At this size an NVFP4 step took as
+long at 8k tokens as at 16k (165 and 167 ms). ``medium`` (127M parameters, 4000 steps of 32k
+tokens) is hours.
 
 This script prints numbers; it draws no conclusions. Tokens/s of the quantized runs measure
 the current kernels (CUDA: Triton quantize/RHT plus dequantize and a BF16 GEMM for NVFP4; the
@@ -70,7 +81,9 @@ def main(argv=None) -> int:
 
     if args.plot:
         path = Path(args.plot)
-        demo.write_results(json.loads(path.read_text()), path.parent, console)
+        out = Path(args.out) if args.out else path.parent
+        out.mkdir(parents=True, exist_ok=True)
+        demo.write_results(json.loads(path.read_text()), out, console)
         return 0
 
     runs = [r.strip() for r in args.runs.split(",") if r.strip()]
