@@ -21,8 +21,8 @@ from bench.common import median_ms, report  # noqa: E402
 import nvfp4_compile as nc  # noqa: E402
 from nvfp4_compile.kernels.triton_quantize import QuantizeTiles, quantize_nvfp4  # noqa: E402
 
-SWEEP = [QuantizeTiles(), QuantizeTiles(16, 512, 4, 16, 128, 4, 64, 1), QuantizeTiles(32, 256, 4, 16, 512, 8, 128, 2),
-         QuantizeTiles(32, 256, 8, 32, 256, 8, 64, 2)]
+SWEEP = [QuantizeTiles(), QuantizeTiles(32, 256, 8, 16, 256, 4, 256, 4, 256, 4),
+         QuantizeTiles(16, 512, 4, 16, 128, 4, 64, 1, 128, 4), QuantizeTiles(32, 256, 4, 16, 512, 8, 128, 2, 512, 8)]
 
 
 def main(argv=None):

@@ -254,15 +254,20 @@ def _programs(device) -> int:
 class QuantizeTiles:
     """Tile shapes of the quantize kernels (rows x K elements per program) and their warps.
 
-    2D scaling takes 16 rows a program (one row of 16x16 tiles) and its own K extent and warps."""
+    The defaults are the fastest of ``bench/kernels.py --sweep`` on an H100 for each kernel
+    (bench/RESULTS.md). 2D scaling takes 16 rows a program (one row of 16x16 tiles), SR its
+    own tile (Philox is the costly part there), the fused RHT 64x64 tiles with
+    ``quantize_warps``."""
     amax_rows: int = 32
     amax_k: int = 256
-    amax_warps: int = 8
+    amax_warps: int = 4
     quantize_rows: int = 16
-    quantize_k: int = 256
-    quantize_warps: int = 4
-    two_d_k: int = 256
-    two_d_warps: int = 4
+    quantize_k: int = 512
+    quantize_warps: int = 8
+    two_d_k: int = 64
+    two_d_warps: int = 1
+    sr_k: int = 128
+    sr_warps: int = 4
 
 
 DEFAULT_TILES = QuantizeTiles()
@@ -311,8 +316,10 @@ def quantize_nvfp4(x: torch.Tensor, block_rows: int = 1, rounding: str = "rne", 
     qr, qk, warps = tiles.quantize_rows, tiles.quantize_k, tiles.quantize_warps
     if block_rows == 16:
         qr, qk, warps = 16, tiles.two_d_k, tiles.two_d_warps
+    elif rounding == "sr" and not rht:
+        qk, warps = tiles.sr_k, tiles.sr_warps
     if rht:
-        qr, qk = max(qr, RHT_TILE), RHT_TILE
+        qr, qk, warps = max(qr, RHT_TILE), RHT_TILE, tiles.quantize_warps
     _quantize_kernel[(triton.cdiv(R, qr), triton.cdiv(K, qk))](
         x, codes, scales, amax_bits, s_dec, seed, R, K, x.stride(0), x.stride(1), h,
         codes.stride(0), scales.stride(0), RHT=rht, TWO_D=block_rows == 16, SR=rounding == "sr",
