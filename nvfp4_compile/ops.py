@@ -93,12 +93,15 @@ def _as_tensor(codes, scale_bits, scale, format, block_rows):
     return MXFP4Tensor(codes, scales, shape, (block_rows, block))
 
 
-@torch.library.custom_op("nvfp4::transpose_2d", mutates_args=())
-def transpose_2d(codes: torch.Tensor, scale_bits: torch.Tensor, format: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _reference_transpose_2d(codes: torch.Tensor, scale_bits: torch.Tensor,
+                            format: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The quantization of ``W^T`` from the 2D quantization of ``W``: codes and tiles move, nothing rounds."""
     block = BLOCK_SIZE[format]
     t = _as_tensor(codes, scale_bits, torch.ones(()), format, block).t()
     return t.codes, t.scales.view(torch.uint8)
+
+
+transpose_2d = torch.library.custom_op("nvfp4::transpose_2d", mutates_args=())(_reference_transpose_2d)
 
 
 @transpose_2d.register_fake
@@ -158,6 +161,15 @@ def _(x):
 
     pad = padded_k(x.shape[-1], 16) - x.shape[-1]
     return rht_to_bf16(F.pad(x, (0, pad)) if pad else x)
+
+
+@transpose_2d.register_kernel("cuda")
+def _(codes, scale_bits, format):
+    if format != "nvfp4" or not _fast_path_available(codes.device):
+        return _reference_transpose_2d(codes, scale_bits, format)
+    from .kernels.triton_transpose import transpose_2d_nvfp4
+
+    return transpose_2d_nvfp4(codes, scale_bits)
 
 
 def _sm100_gemm(a_codes, b_codes, out_dtype):

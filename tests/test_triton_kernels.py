@@ -60,6 +60,12 @@ for dt in (torch.bfloat16, torch.float16, torch.float32):
         if not (torch.equal(codes, ref.codes) and torch.equal(scales, ref.scales.view(torch.uint8))
                 and s_dec.item() == ref.global_scale.item()):
             bad.append((str(dt), block_rows, rht, transposed))
+from nvfp4_compile.kernels.triton_transpose import transpose_2d_nvfp4
+for shape in [(96, 160), (48, 80)]:
+    q = nc.quantize(torch.randn(*shape), block=(16, 16))
+    codes, scales = transpose_2d_nvfp4(q.codes, q.scales.view(torch.uint8))
+    if not (torch.equal(codes, q.t().codes) and torch.equal(scales, q.t().scales.view(torch.uint8))):
+        bad.append(("transpose_2d", shape))
 print("mismatches:", bad)
 """
     env = {**os.environ, "TRITON_INTERPRET": "1"}
@@ -146,6 +152,16 @@ def test_emulated_gemm_matches_the_reference(strategy, out_dtype, shape):
         # FP32 sums in another order, then (for BF16) one rounding of the output.
         tol = 2 ** -8 if out_dtype == torch.bfloat16 else 1e-5
         assert ((c.float() - ref).abs() <= tol * ref.abs() + 1e-4 * ref.abs().max()).all()
+
+
+@gpu
+@pytest.mark.parametrize("shape", [(256, 384), (80, 48)])  # the second leaves partial 64x64 tiles
+def test_triton_transpose_2d_equals_the_reference(shape):
+    from nvfp4_compile import ops
+
+    q = nc.quantize(torch.randn(*shape) * torch.logspace(-3, 3, shape[1]), block=(16, 16))
+    codes, scales = ops.transpose_2d(q.codes.cuda(), q.scales.view(torch.uint8).cuda(), "nvfp4")
+    assert torch.equal(codes.cpu(), q.t().codes) and torch.equal(scales.cpu(), q.t().scales.view(torch.uint8))
 
 
 @gpu
