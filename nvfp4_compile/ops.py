@@ -165,7 +165,12 @@ def _(x):
 
 @transpose_2d.register_kernel("cuda")
 def _(codes, scale_bits, format):
-    if format != "nvfp4" or not _fast_path_available(codes.device):
+    # The Triton transpose is bit-exact under Triton's CPU interpreter and compiles for sm_90 but
+    # has not yet run on a GPU, so it is opt-in until the GPU tests have passed with it.
+    import os
+
+    opted_in = os.environ.get("NVFP4_COMPILE_TRITON_TRANSPOSE") == "1"
+    if format != "nvfp4" or not opted_in or not _fast_path_available(codes.device):
         return _reference_transpose_2d(codes, scale_bits, format)
     from .kernels.triton_transpose import transpose_2d_nvfp4
 

@@ -156,9 +156,10 @@ def test_emulated_gemm_matches_the_reference(strategy, out_dtype, shape):
 
 @gpu
 @pytest.mark.parametrize("shape", [(256, 384), (80, 48)])  # the second leaves partial 64x64 tiles
-def test_triton_transpose_2d_equals_the_reference(shape):
+def test_triton_transpose_2d_equals_the_reference(shape, monkeypatch):
     from nvfp4_compile import ops
 
+    monkeypatch.setenv("NVFP4_COMPILE_TRITON_TRANSPOSE", "1")
     q = nc.quantize(torch.randn(*shape) * torch.logspace(-3, 3, shape[1]), block=(16, 16))
     codes, scales = ops.transpose_2d(q.codes.cuda(), q.scales.view(torch.uint8).cuda(), "nvfp4")
     assert torch.equal(codes.cpu(), q.t().codes) and torch.equal(scales.cpu(), q.t().scales.view(torch.uint8))
