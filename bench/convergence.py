@@ -56,9 +56,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rich.console import Console  # noqa: E402
+from rich.console import Console
 
-from nvfp4_compile import demo  # noqa: E402
+from nvfp4_compile import demo
 
 
 def main(argv=None) -> int:

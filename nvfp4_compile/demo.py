@@ -34,15 +34,15 @@ import platform
 import sys
 import sysconfig
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich import box
+from rich.console import Console
 from rich.measure import Measurement
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from . import decisions
@@ -354,7 +354,6 @@ def train_run(name: str, spec: RunSpec, size: Size, batches: Batches, *, steps: 
         "compile_and_first_step_s": compile_s, "train_s": elapsed, "eval_s": eval_s,
         "peak_memory_gib": peak, "gemms": gemms, "train_loss": train_curve, "val_loss": val_curve,
     }
-    del compiled, model, opt
     torch._dynamo.reset()
     return result
 
