@@ -76,12 +76,31 @@ quantize = torch.library.custom_op("nvfp4::quantize", mutates_args=())(reference
 
 
 @quantize.register_fake
-def _(x, format, block_rows, rounding, check, rht=False):
+def _quantize_fake(x, format, block_rows, rounding, check, rht=False):
     block = BLOCK_SIZE[format]
     kp = padded_k(x.shape[1], block)
     rows = x.shape[0]
     return (x.new_empty((rows, kp // 2), dtype=torch.uint8), x.new_empty((rows, kp // block), dtype=torch.uint8),
             x.new_empty((), dtype=torch.float32))
+
+
+def reference_quantize_pair(x: torch.Tensor, format: str, rounding: str, rounding_t: str, rht_t: bool,
+                            check: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                 torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Both 1x16 quantizations a linear layer needs of one tensor ``x [rows, K]``: along K
+    (``rounding``; X for fprop, dY for dgrad) and along the rows, i.e. of ``x^T``
+    (``rounding_t``, after the RHT when ``rht_t``; X^T and dY^T for wgrad). Returns the
+    (codes, scale bits, decode scale) of each, exactly as two ``quantize`` calls would."""
+    return (*reference_quantize(x, format, 1, rounding, check),
+            *reference_quantize(x.t(), format, 1, rounding_t, check, rht_t))
+
+
+quantize_pair = torch.library.custom_op("nvfp4::quantize_pair", mutates_args=())(reference_quantize_pair)
+
+
+@quantize_pair.register_fake
+def _(x, format, rounding, rounding_t, rht_t, check):
+    return (*_quantize_fake(x, format, 1, rounding, check), *_quantize_fake(x.t(), format, 1, rounding_t, check, rht_t))
 
 
 def _as_tensor(codes, scale_bits, scale, format, block_rows):
@@ -151,6 +170,13 @@ def _(x, format, block_rows, rounding, check, rht=False):
     from .kernels.triton_quantize import quantize_nvfp4
 
     return quantize_nvfp4(_checked_and_padded(x, 16, check), block_rows, rounding, rht=rht)
+
+
+@quantize_pair.register_kernel("cuda")
+def _(x, format, rounding, rounding_t, rht_t, check):
+    # One op for the graph (one dispatch, one node to save); on the GPU still two quantize passes.
+    quantize_cuda = torch.ops.nvfp4.quantize.default
+    return (*quantize_cuda(x, format, 1, rounding, check), *quantize_cuda(x.t(), format, 1, rounding_t, check, rht_t))
 
 
 @rht.register_kernel("cuda")

@@ -7,7 +7,9 @@ Contract: runs on the joint forward+backward graph (before partitioning) as Indu
 ``nvfp4::gemm``, per the recipe table (``nvfp4_compile.recipe``). The 2D-quantized weight
 is computed once per graph and reused, transposed by ``nvfp4::transpose_2d``, by dgrad.
 Because this happens before partitioning, the forward saves the FP4 codes and scales of
-X^T for wgrad instead of the high-precision X. Every GEMM, quantized or not, is recorded
+X^T for wgrad instead of the high-precision X. The two 1x16 quantizations of one tensor (X and
+X^T, dY and dY^T) are then fused into one ``nvfp4::quantize_pair`` (``pair_quantize``).
+Every GEMM, quantized or not, is recorded
 with its reason (``nvfp4_compile.explain()``). Nothing else in the graph changes.
 """
 
@@ -31,6 +33,7 @@ from nvfp4_compile.policy import PolicyError
 from nvfp4_compile.recipe import OperandTreatment, Recipe, treatment
 
 from .gemm_roles import Gemm, ParamInfo, find_gemms
+from .pair_quantize import fuse_quantize_pairs
 
 HEAD_NAMES = {"lm_head", "head", "output", "classifier", "score", "embed_out", "output_layer"}
 COPIED_META = ("nn_module_stack", "fwd_nn_module_stack", "stack_trace", "seq_nr", "autograd_backward",
@@ -263,5 +266,6 @@ class QuantizeGemmsPass(CustomGraphPass):
             self.decisions.append(decisions.GemmDecision(
                 self.graph_id, g.module, g.role, ta.describe(recipe.block), tb.describe(recipe.block),
                 recipe.format, "recipe" + self._padding_note(g.shape[-1], recipe), shape, **kinds))
+        fuse_quantize_pairs(graph)
         graph.eliminate_dead_code()
         graph.lint()

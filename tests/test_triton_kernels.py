@@ -166,6 +166,18 @@ def test_triton_transpose_2d_equals_the_reference(shape, monkeypatch):
 
 
 @gpu
+def test_quantize_pair_on_cuda_equals_the_reference():
+    """What the pass emits for X (fprop rowwise, wgrad X^T with the RHT) and dY."""
+    from nvfp4_compile import ops
+
+    x = torch.randn(256, 320, dtype=torch.bfloat16) * torch.logspace(-3, 3, 320).bfloat16()
+    got = torch.ops.nvfp4.quantize_pair(x.cuda(), "nvfp4", "rne", "rne", True, "")
+    want = ops.reference_quantize_pair(x, "nvfp4", "rne", "rne", True, "")
+    for g, w in zip(got, want):
+        assert torch.equal(g.cpu(), w)
+
+
+@gpu
 @pytest.mark.parametrize("rounding", ["rne", "sr"])
 def test_quantize_op_with_fused_rht_on_a_transposed_view(rounding):
     """What the graph pass emits for wgrad: ``nvfp4::quantize(permute(x), ..., rht=True)``."""
