@@ -477,7 +477,9 @@ def test_gemm_for_op_pads_k_to_a_multiple_of_32_with_zero_blocks(monkeypatch):
 
 
 def test_op_supported_mirrors_the_problem_checks():
-    codes = lambda rows, k: torch.zeros(rows, k // 2, dtype=torch.uint8)
+    def codes(rows, k):
+        return torch.zeros(rows, k // 2, dtype=torch.uint8)
+
     assert host.op_supported(codes(5, 64), codes(64, 64), torch.bfloat16)
     assert host.op_supported(codes(5, 48), codes(64, 48), torch.bfloat16)  # K padded to 64
     assert not host.op_supported(codes(5, 64), codes(12, 64), torch.bfloat16)  # N % 8
