@@ -1,4 +1,5 @@
-"""Shared benchmark helpers: timing with CUDA events (median), result tables and JSON."""
+"""Shared benchmark helpers: timing with CUDA events (median), a language-model training step,
+result tables and JSON."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
@@ -16,6 +18,30 @@ def median_ms(fn, warmup=5, reps=20) -> float:
     from triton.testing import do_bench
 
     return do_bench(fn, warmup=warmup * 10, rep=reps * 10, return_mode="median")
+
+
+def lm_training_step(compiled, optimizer, tokens: torch.Tensor, after=None):
+    """A closure running one next-token step on ``tokens [batch, seq + 1]``: forward, FP32
+    cross-entropy, backward, optimizer step (then ``after()``, if given); it returns the loss."""
+    def step():
+        logits = compiled(tokens[:, :-1])
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if after is not None:
+            after()
+        return loss
+    return step
+
+
+def warm_up(step, device, steps: int = 2) -> None:
+    """Compile and warm up ``step``; on CUDA, then drain the queue and reset the peak memory."""
+    for _ in range(steps):
+        step()
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
 
 
 def out_dir() -> Path:

@@ -30,11 +30,10 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import nvfp4_compile  # noqa: F401
-from bench.common import report
+from bench.common import lm_training_step, report, warm_up
 from bench.train_step import GPT
 from nvfp4_compile import distributed as ncd
 
@@ -76,21 +75,9 @@ def run(name: str, config: dict, steps: int, device: torch.device, parallel: str
     batch, seq, vocab = config["batch"], config["seq"], config["model"]["vocab"]
     tokens = torch.randint(0, vocab, (batch, seq + 1), device=device)
 
-    def step():
-        logits = compiled(tokens[:, :-1])
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if fp4_all_gather:
-            ncd.precompute_amax(model, torch.bfloat16)
-        return loss
-
-    for _ in range(2):  # compile and warm up
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+    after = (lambda: ncd.precompute_amax(model, torch.bfloat16)) if fp4_all_gather else None
+    step = lm_training_step(compiled, opt, tokens, after)
+    warm_up(step, device)
     dist.barrier()
     counter.__init__()
     start = time.perf_counter()

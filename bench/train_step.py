@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import report  # noqa: E402
+from bench.common import lm_training_step, report, warm_up  # noqa: E402
 
 import nvfp4_compile  # noqa: E402,F401
 
@@ -66,19 +66,8 @@ def run(backend: str, config: dict, steps: int, device: str) -> dict:
     batch, seq = config["batch"], config["seq"]
     tokens = torch.randint(0, config["model"]["vocab"], (batch, seq + 1), device=device)
 
-    def step():
-        logits = compiled(tokens[:, :-1])
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss
-
-    for _ in range(2):  # compile and warm up
-        step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+    step = lm_training_step(compiled, opt, tokens)
+    warm_up(step, device)
     start = time.perf_counter()
     for _ in range(steps):
         loss = step()

@@ -18,6 +18,8 @@ multiple of 16 need no fallback.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -152,8 +154,6 @@ def _(a_codes, a_scale_bits, a_scale, b_codes, b_scale_bits, b_scale, bias, form
 # Set NVFP4_COMPILE_REFERENCE_KERNELS=1 to run the reference implementations on CUDA too.
 
 def _fast_path_available(device: torch.device) -> bool:
-    import os
-
     if os.environ.get("NVFP4_COMPILE_REFERENCE_KERNELS") == "1" or device.type != "cuda":
         return False
     try:
@@ -193,8 +193,6 @@ def _(x):
 def _(codes, scale_bits, format):
     # The Triton transpose is bit-exact under Triton's CPU interpreter and compiles for sm_90 but
     # has not yet run on a GPU, so it is opt-in until the GPU tests have passed with it.
-    import os
-
     opted_in = os.environ.get("NVFP4_COMPILE_TRITON_TRANSPOSE") == "1"
     if format != "nvfp4" or not opted_in or not _fast_path_available(codes.device):
         return _reference_transpose_2d(codes, scale_bits, format)

@@ -21,6 +21,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture
+def fresh_compile_state():
+    """Dynamo's caches and the recorded GEMM decisions cleared around a test that compiles.
+
+    Test modules that compile use it for every test: ``pytestmark = pytest.mark.usefixtures(...)``."""
+    import nvfp4_compile
+
+    torch._dynamo.reset()
+    nvfp4_compile.decisions.reset()
+    yield
+    torch._dynamo.reset()
+
+
 @pytest.fixture(scope="session")
 def golden():
     """The reference quantizations: ``{case: {field: array}}`` for every case in cases.json."""

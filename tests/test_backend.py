@@ -13,12 +13,7 @@ from models import MLP, Block, TinyGPT
 NO_SR = {"recipe": {"stochastic_rounding": False}}
 
 
-@pytest.fixture(autouse=True)
-def fresh():
-    torch._dynamo.reset()
-    nc.decisions.reset()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_compile_state")
 
 
 def by_role(records):

@@ -22,12 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = demo.SIZES["tiny"]
 
 
-@pytest.fixture(autouse=True)
-def fresh():
-    torch._dynamo.reset()
-    nc.decisions.reset()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_compile_state")
 
 
 def _write(root: Path, rel: str, text: str) -> None:

@@ -27,10 +27,7 @@ def odd():
 '''
 
 
-@pytest.fixture(autouse=True)
-def fresh():
-    torch._dynamo.reset()
-    nc.decisions.reset()
+pytestmark = pytest.mark.usefixtures("fresh_compile_state")
 
 
 @pytest.fixture

@@ -29,10 +29,7 @@ def stdlib_bytes(n):
     return torch.tensor(list(inspect.getsource(string).encode()[:n]), dtype=torch.long)
 
 
-@pytest.fixture(autouse=True)
-def fresh():
-    torch._dynamo.reset()
-    nc.decisions.reset()
+pytestmark = pytest.mark.usefixtures("fresh_compile_state")
 
 
 def test_llama_gemms_are_all_accounted_for_and_match_the_emulation():

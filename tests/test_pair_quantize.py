@@ -3,19 +3,11 @@
 import pytest
 import torch
 
-import nvfp4_compile as nc
 from models import MLP
 from nvfp4_compile import ops
 
 NO_SR = {"recipe": {"stochastic_rounding": []}}
-
-
-@pytest.fixture(autouse=True)
-def fresh():
-    torch._dynamo.reset()
-    nc.decisions.reset()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_compile_state")
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])

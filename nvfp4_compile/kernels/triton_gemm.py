@@ -97,10 +97,6 @@ def _epilogue_kernel(acc_ptr, a_scale_ptr, b_scale_ptr, bias_ptr, out_ptr, M, N,
     tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _bias_arg(bias, like):
-    return bias.contiguous() if bias is not None else like
-
-
 def emulated_gemm(a_codes, a_scale_bits, a_scale, b_codes, b_scale_bits, b_scale, bias, out_dtype,
                   strategy: str | None = None, tiles: GemmTiles = DEFAULT_TILES) -> torch.Tensor:
     """``alpha * (A_deq @ B_deq^T) (+ bias)`` in ``out_dtype``; ``A [M, K/2]``, ``B [N, K/2]`` packed codes."""
@@ -113,10 +109,9 @@ def emulated_gemm(a_codes, a_scale_bits, a_scale, b_codes, b_scale_bits, b_scale
     out = torch.empty((M, N), dtype=out_dtype, device=a_codes.device)
     if M == 0 or N == 0:
         return out
-    if K == 0:
-        return out.copy_((bias.to(torch.float32) if bias is not None else torch.zeros(N, device=out.device))
-                         .expand(M, N))
-    bias_arg = _bias_arg(bias, a_scale)
+    if K == 0:  # an empty sum: the bias (or zero), rounded once
+        return out.copy_(bias.expand(M, N)) if bias is not None else out.zero_()
+    bias_arg = bias.contiguous() if bias is not None else a_scale  # unread without HAS_BIAS
     if strategy == "cublas":
         acc = torch.mm(dequantize_to_bf16(a_codes, a_scale_bits), dequantize_to_bf16(b_codes, b_scale_bits).t(),
                        out_dtype=torch.float32)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 
 import torch
 import triton
@@ -233,8 +234,6 @@ RHT_TILE = 64  # K-extent of a tile when the RHT is fused: blockdiag(H) is RHT_T
 @functools.lru_cache(maxsize=None)
 def _h(device, block_k: int = RHT_TILE) -> torch.Tensor:
     """``[blockdiag(H), blockdiag(ones(16, 16))]``, ``[2, block_k, block_k]``, for ``_rht_tile``."""
-    import os
-
     dtype = torch.float32 if os.environ.get("TRITON_INTERPRET") == "1" else torch.bfloat16
     n = block_k // 16
     h = torch.block_diag(*[rht_matrix(dtype=torch.float64)] * n)
