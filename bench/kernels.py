@@ -19,10 +19,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import median_ms, report  # noqa: E402
 
 import nvfp4_compile as nc  # noqa: E402
+from nvfp4_compile import ops  # noqa: E402
 from nvfp4_compile.kernels.triton_quantize import QuantizeTiles, quantize_nvfp4  # noqa: E402
+from nvfp4_compile.kernels.triton_quantize_pair import PairTiles, quantize_pair_nvfp4  # noqa: E402
 
 SWEEP = [QuantizeTiles(), QuantizeTiles(32, 256, 8, 16, 256, 4, 256, 4, 256, 4),
          QuantizeTiles(16, 512, 4, 16, 128, 4, 64, 1, 128, 4), QuantizeTiles(32, 256, 4, 16, 512, 8, 128, 2, 512, 8)]
+PAIR_SWEEP = [PairTiles(), PairTiles(256, 8, 64, 8), PairTiles(64, 4, 32, 8), PairTiles(128, 4, 128, 8),
+              PairTiles(128, 4, 32, 4)]
 
 
 def main(argv=None):
@@ -48,6 +52,21 @@ def main(argv=None):
                                         f"{tiles.quantize_rows}x{tiles.quantize_k}w{tiles.quantize_warps}"
                                         if args.sweep else "")
             cases[label] = (lambda f, t: lambda: f(t))(fn, tiles)
+    # Both quantizations of X (fprop rowwise RNE, wgrad X^T with the RHT) and of dY (both SR):
+    # one single-pass kernel against the two quantize kernels it replaces.
+    pairs = {"X pair: 1x16 RNE + X^T RHT RNE": ("rne", "rne"), "dY pair: 1x16 SR + dY^T RHT SR": ("sr", "sr")}
+    for name, (r, rt) in pairs.items():
+        for tiles in PAIR_SWEEP if args.sweep else [PairTiles()]:
+            label = f"triton {name}, one pass" + (f" amax k{tiles.amax_k}w{tiles.amax_warps} q k{tiles.quantize_k}"
+                                                  f"w{tiles.quantize_warps}" if args.sweep else "")
+            cases[label] = (lambda r, rt, t: lambda: quantize_pair_nvfp4(x, r, rt, True, tiles=t))(r, rt, tiles)
+        cases[f"triton {name}, two kernels"] = (lambda r, rt: lambda: (quantize_nvfp4(x, 1, r),
+                                                                     quantize_nvfp4(x.t(), 1, rt, rht=True)))(r, rt)
+    from nvfp4_compile.kernels.triton_transpose import transpose_2d_nvfp4
+
+    w_codes, w_scales, _ = quantize_nvfp4(x, 16, "rne")
+    cases["triton transpose_2d (W^T from 2D W)"] = lambda: transpose_2d_nvfp4(w_codes, w_scales)
+    cases["reference transpose_2d (PyTorch)"] = lambda: ops._reference_transpose_2d(w_codes, w_scales, "nvfp4")
     from nvfp4_compile.kernels.triton_dequant import dequantize_to_bf16
 
     codes, scales, _ = quantize_nvfp4(x, 1, "rne")

@@ -2,8 +2,10 @@
 
     python bench/train_step.py            # ~1B parameters, sequence 2048, BF16 weights, AdamW (GPU)
     python bench/train_step.py --tiny     # a few-layer model, to check the script on a CPU
+    python bench/train_step.py --runs inductor nvfp4 nvfp4:reduce-overhead inductor:reduce-overhead
 
-Reports tokens/s and peak memory of each backend in the same run and their ratios.
+Reports tokens/s and peak memory of each run (a backend, and a torch.compile mode after a colon)
+and their ratios to the first run, the default Inductor backend.
 Targets (issue 5): tokens/s at least 0.87x of Inductor, peak memory at most 0.80x.
 """
 
@@ -57,16 +59,22 @@ class GPT(nn.Module):
         return self.lm_head(self.norm(x))
 
 
-def run(backend: str, config: dict, steps: int, device: str) -> dict:
+def run(name: str, config: dict, steps: int, device: str) -> dict:
+    backend, _, mode = name.partition(":")
     torch._dynamo.reset()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(0)
     model = GPT(**config["model"]).to(device=device, dtype=torch.bfloat16)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
-    compiled = torch.compile(model, backend=backend)
+    compiled = torch.compile(model, backend=backend, mode=mode or None)
     batch, seq = config["batch"], config["seq"]
     tokens = torch.randint(0, config["model"]["vocab"], (batch, seq + 1), device=device)
 
     step = lm_training_step(compiled, opt, tokens)
+    if mode == "reduce-overhead":  # CUDA graphs: tell the graph trees where each step begins
+        step = (lambda inner: lambda: (torch.compiler.cudagraph_mark_step_begin(), inner())[1])(step)
     warm_up(step, device)
     start = time.perf_counter()
     for _ in range(steps):
@@ -84,19 +92,21 @@ def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--runs", nargs="+", default=["inductor", "nvfp4"],
+                        help="backend[:mode] to run; the first is the baseline of the ratios")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.tiny:
         config = {"model": dict(vocab=256, dim=64, depth=4, heads=4), "batch": 2, "seq": 64}
     else:  # ~1.1B parameters: 24 blocks of width 2048 with a 32k vocabulary
         config = {"model": dict(vocab=32768, dim=2048, depth=24, heads=16), "batch": 4, "seq": 2048}
-    base = run("inductor", config, args.steps, device)
-    ours = run("nvfp4", config, args.steps, device)
-    rows = [[name, r["params"] / 1e6, r["tokens_per_s"], r["peak_gib"], r["loss"]]
-            for name, r in (("inductor (bf16)", base), ("nvfp4", ours))]
-    rows.append(["nvfp4 / inductor", 1.0, ours["tokens_per_s"] / base["tokens_per_s"],
-                 ours["peak_gib"] / base["peak_gib"], float("nan")])
-    report(f"Training step on {device}", ["backend", "params (M)", "tokens/s", "peak GiB", "loss"], rows,
+    results = {name: run(name, config, args.steps, device) for name in args.runs}
+    base = results[args.runs[0]]
+    rows = [[name, r["params"] / 1e6, r["tokens_per_s"], r["peak_gib"], r["loss"],
+             r["tokens_per_s"] / base["tokens_per_s"], r["peak_gib"] / base["peak_gib"]]
+            for name, r in results.items()]
+    report(f"Training step on {device}", ["run", "params (M)", "tokens/s", "peak GiB", "loss",
+                                          f"tokens/s / {args.runs[0]}", f"peak / {args.runs[0]}"], rows,
            "train_step", {"config": config, "steps": args.steps})
 
 

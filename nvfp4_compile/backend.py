@@ -85,7 +85,8 @@ def _decisions_file(our_pass: QuantizeGemmsPass, gm: torch.fx.GraphModule, examp
 
 
 def nvfp4_backend(gm: torch.fx.GraphModule, example_inputs, *, options: dict | None = None, mode=None):
-    """The ``nvfp4`` backend. ``options``: see :class:`nvfp4_compile.options.BackendOptions`."""
+    """The ``nvfp4`` backend. ``options``: see :class:`nvfp4_compile.options.BackendOptions`;
+    ``mode``: Inductor's (``"reduce-overhead"`` turns on CUDA graphs, as the ``cuda_graphs`` option does)."""
     config = BackendOptions.from_dict(options)
     graph_id = decisions.new_graph_id()
     # Module paths from the model's root, and all of them: a DDP bucket or an FSDP2 block
@@ -98,6 +99,8 @@ def nvfp4_backend(gm: torch.fx.GraphModule, example_inputs, *, options: dict | N
     if mode is not None:
         from torch._inductor import list_mode_options
         patches.update(list_mode_options(mode))
+    if config.cuda_graphs:
+        patches["triton.cudagraphs"] = True
     if config.dump_dir is not None:
         # A hit in AOTAutograd's cache skips the joint graph, and with it the graphs to dump.
         with torch._functorch.config.patch(enable_autograd_cache=False):

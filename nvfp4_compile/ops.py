@@ -174,7 +174,14 @@ def _(x, format, block_rows, rounding, check, rht=False):
 
 @quantize_pair.register_kernel("cuda")
 def _(x, format, rounding, rounding_t, rht_t, check):
-    # One op for the graph (one dispatch, one node to save); on the GPU still two quantize passes.
+    # One read of x for both quantizations (triton_quantize_pair); NVFP4_COMPILE_PAIR_KERNEL=0,
+    # a check label, FP16/FP32 input to the RHT or MXFP4 take two quantize calls instead.
+    single_pass = (format == "nvfp4" and not check and (x.dtype == torch.bfloat16 or not rht_t)
+                   and os.environ.get("NVFP4_COMPILE_PAIR_KERNEL") != "0" and _fast_path_available(x.device))
+    if single_pass:
+        from .kernels.triton_quantize_pair import quantize_pair_nvfp4
+
+        return quantize_pair_nvfp4(x, rounding, rounding_t, rht_t)
     quantize_cuda = torch.ops.nvfp4.quantize.default
     return (*quantize_cuda(x, format, 1, rounding, check), *quantize_cuda(x.t(), format, 1, rounding_t, check, rht_t))
 
@@ -191,10 +198,9 @@ def _(x):
 
 @transpose_2d.register_kernel("cuda")
 def _(codes, scale_bits, format):
-    # The Triton transpose is bit-exact under Triton's CPU interpreter and compiles for sm_90 but
-    # has not yet run on a GPU, so it is opt-in until the GPU tests have passed with it.
-    opted_in = os.environ.get("NVFP4_COMPILE_TRITON_TRANSPOSE") == "1"
-    if format != "nvfp4" or not opted_in or not _fast_path_available(codes.device):
+    # NVFP4_COMPILE_TRITON_TRANSPOSE=0 takes the plain-PyTorch reference instead.
+    opted_out = os.environ.get("NVFP4_COMPILE_TRITON_TRANSPOSE") == "0"
+    if format != "nvfp4" or opted_out or not _fast_path_available(codes.device):
         return _reference_transpose_2d(codes, scale_bits, format)
     from .kernels.triton_transpose import transpose_2d_nvfp4
 

@@ -12,7 +12,7 @@ from .recipe import Recipe
 
 DUMP_DIR_ENV = "NVFP4_COMPILE_DUMP_DIR"
 OPTION_KEYS = ("bf16_modules", "recipe", "bf16_last_blocks_fraction", "policy", "dump_dir", "check_finite",
-               "quantize_inference")
+               "quantize_inference", "cuda_graphs")
 
 
 @dataclass(frozen=True)
@@ -31,12 +31,17 @@ class BackendOptions:
         dump_dir: where graph dumps go; default: the ``NVFP4_COMPILE_DUMP_DIR`` environment variable.
         check_finite: raise, naming the module and GEMM role, when NaN/Inf reaches a quantizer.
         quantize_inference: quantize the forward GEMMs of graphs with no backward (default True).
+        cuda_graphs: run each compiled graph as a CUDA graph (Inductor's CUDA graph trees), as
+            ``mode="reduce-overhead"`` does; ``torch.compile`` takes a mode or options, not both,
+            so this is the way to have both. It removes the host's cost of launching the many
+            small quantize kernels. Default False.
     """
 
     policy: Policy = field(default_factory=Policy)
     dump_dir: str | None = None
     check_finite: bool = False
     quantize_inference: bool = True
+    cuda_graphs: bool = False
 
     @classmethod
     def from_dict(cls, options: dict | None) -> "BackendOptions":
@@ -78,12 +83,13 @@ class BackendOptions:
         dump_dir = options.get("dump_dir", os.environ.get(DUMP_DIR_ENV) or None)
         if dump_dir is not None and not isinstance(dump_dir, (str, Path)):
             raise TypeError(f"option 'dump_dir' must be a path, got {type(dump_dir).__name__}")
-        for name in ("check_finite", "quantize_inference"):
+        for name in ("check_finite", "quantize_inference", "cuda_graphs"):
             if name in options and not isinstance(options[name], bool):
                 raise TypeError(f"option {name!r} must be a bool, got {options[name]!r}")
         return cls(policy=resolved, dump_dir=str(dump_dir) if dump_dir is not None else None,
                    check_finite=options.get("check_finite", False),
-                   quantize_inference=options.get("quantize_inference", True))
+                   quantize_inference=options.get("quantize_inference", True),
+                   cuda_graphs=options.get("cuda_graphs", False))
 
     @property
     def recipe(self) -> Recipe:

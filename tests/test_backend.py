@@ -7,6 +7,7 @@ import torch.nn as nn
 from torch._inductor import config as inductor_config
 
 import nvfp4_compile as nc
+from nvfp4_compile import decisions
 from emulation import emulate
 from models import MLP, Block, TinyGPT
 
@@ -50,6 +51,38 @@ def test_mlp_matches_the_eager_emulation_bit_for_bit():
     assert roles[("layers.1", "wgrad")].a.startswith("RHT")
     assert roles[("layers.2", "fprop")].precision == "fp32"
     assert "last 1 of 3 blocks" in roles[("layers.2", "wgrad")].reason
+
+
+def test_compile_mode_reaches_inductor_and_keeps_the_recipe(monkeypatch):
+    """``mode="reduce-overhead"`` and the ``cuda_graphs`` option turn on Inductor's CUDA graphs (a
+    no-op on CPU, where the graph runs as usual) and change no result."""
+    from nvfp4_compile import backend
+
+    seen = []
+    original = backend.compile_fx
+
+    def spy(gm, example_inputs, config_patches=None, **kw):
+        seen.append(dict(config_patches or {}))
+        return original(gm, example_inputs, config_patches=config_patches, **kw)
+
+    monkeypatch.setattr(backend, "compile_fx", spy)
+    torch.manual_seed(0)
+    model, x = MLP(), torch.randn(32, 64)
+    results = []
+    for how in ({"mode": "reduce-overhead"}, {"options": {**NO_SR, "cuda_graphs": True}}, {"options": NO_SR}):
+        torch._dynamo.reset()
+        decisions.reset()
+        out = torch.compile(model, backend="nvfp4", **how)(x)
+        out.square().mean().backward()
+        results.append((out.detach(), grads(model), len(nc.explain())))
+        model.zero_grad(set_to_none=True)
+    assert seen[0].get("triton.cudagraphs") is True and seen[1].get("triton.cudagraphs") is True
+    assert "triton.cudagraphs" not in seen[-1]
+    (out_mode, _, n_mode), (out_option, grads_option, n_option), (out_plain, grads_plain, n_plain) = results
+    assert n_mode == n_option == n_plain == 8
+    # A mode excludes options, so that run has the default recipe: SR on gradients, RNE forward.
+    assert torch.equal(out_mode, out_plain) and torch.equal(out_option, out_plain)
+    assert all(torch.equal(grads_option[k], grads_plain[k]) for k in grads_plain)
 
 
 def test_default_recipe_uses_sr_on_gradients_only_and_fresh_noise_every_step():

@@ -66,6 +66,16 @@ for shape in [(96, 160), (48, 80)]:
     codes, scales = transpose_2d_nvfp4(q.codes, q.scales.view(torch.uint8))
     if not (torch.equal(codes, q.t().codes) and torch.equal(scales, q.t().scales.view(torch.uint8))):
         bad.append(("transpose_2d", shape))
+from nvfp4_compile import ops
+from nvfp4_compile.kernels.triton_quantize_pair import quantize_pair_nvfp4
+for shape in [(128, 96), (70, 40)]:
+    x = (torch.randn(*shape) * torch.logspace(-4, 4, shape[1])).bfloat16()
+    x[3, 5], x[66, 7] = float("nan"), float("inf")
+    for rht_t in (False, True):
+        got = quantize_pair_nvfp4(x, "rne", "rne", rht_t)
+        want = ops.reference_quantize_pair(x, "nvfp4", "rne", "rne", rht_t, "")
+        if not all(torch.equal(g, w) for g, w in zip(got, want)):
+            bad.append(("quantize_pair", shape, rht_t))
 print("mismatches:", bad)
 """
     env = {**os.environ, "TRITON_INTERPRET": "1"}
@@ -159,22 +169,62 @@ def test_emulated_gemm_matches_the_reference(strategy, out_dtype, shape):
 def test_triton_transpose_2d_equals_the_reference(shape, monkeypatch):
     from nvfp4_compile import ops
 
-    monkeypatch.setenv("NVFP4_COMPILE_TRITON_TRANSPOSE", "1")
+    monkeypatch.delenv("NVFP4_COMPILE_TRITON_TRANSPOSE", raising=False)  # the default: the Triton kernel
     q = nc.quantize(torch.randn(*shape) * torch.logspace(-3, 3, shape[1]), block=(16, 16))
-    codes, scales = ops.transpose_2d(q.codes.cuda(), q.scales.view(torch.uint8).cuda(), "nvfp4")
-    assert torch.equal(codes.cpu(), q.t().codes) and torch.equal(scales.cpu(), q.t().scales.view(torch.uint8))
+    from nvfp4_compile.kernels.triton_transpose import transpose_2d_nvfp4
+
+    for fn in (lambda c, s: ops.transpose_2d(c, s, "nvfp4"), transpose_2d_nvfp4):
+        codes, scales = fn(q.codes.cuda(), q.scales.view(torch.uint8).cuda())
+        assert torch.equal(codes.cpu(), q.t().codes) and torch.equal(scales.cpu(), q.t().scales.view(torch.uint8))
 
 
 @gpu
-def test_quantize_pair_on_cuda_equals_the_reference():
-    """What the pass emits for X (fprop rowwise, wgrad X^T with the RHT) and dY."""
+@pytest.mark.parametrize("single_pass", [True, False])
+@pytest.mark.parametrize("shape", [(256, 320), (200, 72), (70, 40)])  # partial 64-row tiles, K and R padded
+@pytest.mark.parametrize("dtype,rht_t", [(torch.bfloat16, True), (torch.bfloat16, False), (torch.float32, False),
+                                         (torch.float16, True)])
+def test_quantize_pair_on_cuda_equals_the_reference(single_pass, shape, dtype, rht_t, monkeypatch):
+    """What the pass emits for X (fprop rowwise, wgrad X^T with the RHT) and dY, through the
+    single-pass kernel and through the two-call fallback (FP16 with the RHT always takes it)."""
     from nvfp4_compile import ops
 
-    x = torch.randn(256, 320, dtype=torch.bfloat16) * torch.logspace(-3, 3, 320).bfloat16()
-    got = torch.ops.nvfp4.quantize_pair(x.cuda(), "nvfp4", "rne", "rne", True, "")
-    want = ops.reference_quantize_pair(x, "nvfp4", "rne", "rne", True, "")
+    monkeypatch.setenv("NVFP4_COMPILE_PAIR_KERNEL", "1" if single_pass else "0")
+    x = (torch.randn(*shape) * torch.logspace(-3, 3, shape[1])).to(dtype)
+    x[3, 5], x[66, 7] = float("nan"), float("-inf")
+    got = torch.ops.nvfp4.quantize_pair(x.cuda(), "nvfp4", "rne", "rne", rht_t, "")
+    want = ops.reference_quantize_pair(x, "nvfp4", "rne", "rne", rht_t, "")
     for g, w in zip(got, want):
+        assert g.shape == w.shape and torch.equal(g.cpu(), w)
+
+
+@gpu
+def test_quantize_pair_kernel_reads_strided_input_and_rounds_stochastically():
+    """A non-contiguous x gives the contiguous result; SR (dY's pair) keeps the RNE scales, lands
+    on a neighbouring grid point, draws fresh noise each call and is unbiased on average."""
+    from nvfp4_compile import ops
+    from nvfp4_compile.formats import unpack_nibbles
+    from nvfp4_compile.kernels.triton_quantize_pair import quantize_pair_nvfp4
+
+    x = torch.randn(512, 256, dtype=torch.bfloat16) * torch.logspace(-2, 2, 256).bfloat16()
+    strided = x.cuda().t().contiguous().t()
+    want = ops.reference_quantize_pair(x, "nvfp4", "rne", "rne", True, "")
+    for g, w in zip(quantize_pair_nvfp4(strided, "rne", "rne", True), want):
         assert torch.equal(g.cpu(), w)
+
+    first, second = (quantize_pair_nvfp4(x.cuda(), "sr", "sr", True) for _ in range(2))
+    for i in (0, 3):  # the codes of x and of x^T
+        sr, rne = (unpack_nibbles(c).int() for c in (first[i].cpu(), want[i]))
+        assert ((sr & 7) - (rne & 7)).abs().max() <= 1
+        assert not torch.equal(first[i], second[i])
+    for i in (1, 2, 4, 5):
+        assert torch.equal(first[i].cpu(), want[i])
+    # Unbiased: the mean over many draws of the dequantized x^T approaches RHT(x^T) itself.
+    rht_xt = ops.reference_rht(x.t()).float()
+    draws = [quantize_pair_nvfp4(x.cuda(), "rne", "sr", True) for _ in range(64)]
+    mean = sum(nc.NVFP4Tensor(d[3], d[4].view(torch.float8_e4m3fn), d[5], rht_xt.shape, (1, 16)).dequantize().cpu()
+               for d in draws) / len(draws)
+    rne = nc.NVFP4Tensor(want[3], want[4].view(torch.float8_e4m3fn), want[5], rht_xt.shape, (1, 16)).dequantize()
+    assert (mean - rht_xt).abs().mean() < 0.5 * (rne - rht_xt).abs().mean()
 
 
 @gpu
@@ -215,3 +265,53 @@ def test_training_step_has_no_host_sync():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def _mlp_grads(cuda_graphs, steps, sr=False):
+    """Outputs and gradients of ``steps`` training steps of the MLP on one input."""
+    from models import MLP
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = MLP().cuda().to(torch.bfloat16)
+    compiled = torch.compile(model, backend="nvfp4", options={
+        "bf16_last_blocks_fraction": 0.0, "recipe": {"stochastic_rounding": sr}, "cuda_graphs": cuda_graphs})
+    x = torch.randn(64, 64, device="cuda", dtype=torch.bfloat16)
+    results = []
+    for _ in range(steps):
+        torch.compiler.cudagraph_mark_step_begin()
+        out = compiled(x)
+        out.float().square().mean().backward()
+        results.append((out.detach().clone(), [p.grad.clone() for p in model.parameters()]))
+        model.zero_grad(set_to_none=True)
+    return results
+
+
+@gpu
+def test_cuda_graphs_capture_the_nvfp4_ops_and_change_no_bit():
+    """The ``cuda_graphs`` option: Inductor's CUDA graphs record the forward and backward with
+    every nvfp4:: kernel in them (no graph skipped), and replays give the eager-launch results."""
+    from torch._dynamo.utils import counters
+
+    from torch._inductor.cudagraph_trees import get_container
+
+    counters.clear()
+    graphed = _mlp_grads(True, 4)  # warm-up, record, then replays
+    assert not counters["inductor"]["cudagraph_skips"], dict(counters["inductor"])
+    manager = get_container(torch.cuda.current_device()).tree_manager
+
+    def recorded(nodes):
+        return sum(1 + recorded([c for cs in n.children.values() for c in cs]) for n in nodes)
+    assert manager is not None and recorded([n for ns in manager.roots.values() for n in ns]) >= 2  # fwd + bwd
+    launched = _mlp_grads(False, 4)
+    for (out_g, grads_g), (out_l, grads_l) in zip(graphed, launched):
+        assert torch.equal(out_g, out_l) and all(torch.equal(a, b) for a, b in zip(grads_g, grads_l))
+
+
+@gpu
+def test_cuda_graph_replays_draw_fresh_sr_noise():
+    """SR inside a CUDA graph: each replay draws new noise (the seeds come from the graph-safe
+    CUDA generator), so the same input gives different gradients in every step."""
+    steps = _mlp_grads(True, 5, sr=True)
+    for (_, a), (_, b) in zip(steps[2:], steps[3:]):  # replays
+        assert not all(torch.equal(x, y) for x, y in zip(a, b))

@@ -177,16 +177,10 @@ def _uniforms(seed_ptr, rows, k0, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, amax_bits_ptr, s_dec_ptr, seed_ptr,
-                     R, K, stride_r, stride_k, h_ptr, codes_stride, scales_stride,
-                     RHT: tl.constexpr, TWO_D: tl.constexpr, SR: tl.constexpr, TRANSPOSED: tl.constexpr,
-                     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
-    pid_r, pid_k = tl.program_id(0), tl.program_id(1)
-    r0, k0 = pid_r * BLOCK_R, pid_k * BLOCK_K
-    x, rows, cols, mask = _load_tile(x_ptr, r0, k0, R, K, stride_r, stride_k, h_ptr, RHT, TRANSPOSED,
-                                     BLOCK_R, BLOCK_K)
-
-    amax = tl.load(amax_bits_ptr).to(tl.float32, bitcast=True)
+def _quantize_tile(x, rows, k0, R, K, amax, seed_ptr, codes_ptr, scales_ptr, codes_stride, scales_stride,
+                   TWO_D: tl.constexpr, SR: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Quantize the fp32 tile ``x [BLOCK_R, BLOCK_K]`` (rows ``rows``, columns from ``k0``) of a
+    tensor whose finite amax is ``amax``; store its packed codes and scale bits. Returns S_dec."""
     s_enc = tl.minimum(tl.math.div_rn(2688.0, amax), FP32_MAX)
     s_enc = tl.where((amax == 0.0) | (s_enc == 0.0), 1.0, s_enc)
     s_dec = tl.math.div_rn(1.0, s_enc)
@@ -224,6 +218,21 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, amax_bits_ptr, s_dec_ptr, see
     smask = (rows[:, None] < R) & (scols[None, :] < K // 16)
     scale_bits = tl.broadcast_to(scale_bits, (BLOCK_R, NB))  # a 2D tile's scale repeats on its 16 rows
     tl.store(scales_ptr + rows[:, None] * scales_stride + scols[None, :], scale_bits.to(tl.uint8), mask=smask)
+    return s_dec
+
+
+@triton.jit
+def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, amax_bits_ptr, s_dec_ptr, seed_ptr,
+                     R, K, stride_r, stride_k, h_ptr, codes_stride, scales_stride,
+                     RHT: tl.constexpr, TWO_D: tl.constexpr, SR: tl.constexpr, TRANSPOSED: tl.constexpr,
+                     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid_r, pid_k = tl.program_id(0), tl.program_id(1)
+    r0, k0 = pid_r * BLOCK_R, pid_k * BLOCK_K
+    x, rows, cols, mask = _load_tile(x_ptr, r0, k0, R, K, stride_r, stride_k, h_ptr, RHT, TRANSPOSED,
+                                     BLOCK_R, BLOCK_K)
+    amax = tl.load(amax_bits_ptr).to(tl.float32, bitcast=True)
+    s_dec = _quantize_tile(x, rows, k0, R, K, amax, seed_ptr, codes_ptr, scales_ptr, codes_stride, scales_stride,
+                           TWO_D, SR, BLOCK_R, BLOCK_K)
     if pid_r == 0 and pid_k == 0:
         tl.store(s_dec_ptr, s_dec)
 
@@ -232,11 +241,13 @@ RHT_TILE = 64  # K-extent of a tile when the RHT is fused: blockdiag(H) is RHT_T
 
 
 @functools.lru_cache(maxsize=None)
-def _h(device, block_k: int = RHT_TILE) -> torch.Tensor:
-    """``[blockdiag(H), blockdiag(ones(16, 16))]``, ``[2, block_k, block_k]``, for ``_rht_tile``."""
+def _h(device, block_k: int = RHT_TILE, transposed: bool = False) -> torch.Tensor:
+    """``[blockdiag(H), blockdiag(ones(16, 16))]``, ``[2, block_k, block_k]``, for ``_rht_tile``
+    (``blockdiag(H)^T`` first when ``transposed``, for runs along a tile's rows)."""
     dtype = torch.float32 if os.environ.get("TRITON_INTERPRET") == "1" else torch.bfloat16
     n = block_k // 16
     h = torch.block_diag(*[rht_matrix(dtype=torch.float64)] * n)
+    h = h.t() if transposed else h
     runs = torch.block_diag(*[torch.ones(16, 16, dtype=torch.float64)] * n)
     return torch.stack([h, runs]).to(dtype=dtype, device=device).contiguous()
 
