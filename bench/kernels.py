@@ -25,14 +25,16 @@ from nvfp4_compile.kernels.triton_quantize_pair import PairTiles, quantize_pair_
 
 SWEEP = [QuantizeTiles(), QuantizeTiles(32, 256, 8, 16, 256, 4, 256, 4, 256, 4),
          QuantizeTiles(16, 512, 4, 16, 128, 4, 64, 1, 128, 4), QuantizeTiles(32, 256, 4, 16, 512, 8, 128, 2, 512, 8)]
-PAIR_SWEEP = [PairTiles(), PairTiles(256, 8, 64, 8), PairTiles(64, 4, 32, 8), PairTiles(128, 4, 128, 8),
-              PairTiles(128, 4, 32, 4)]
+# (quantize_k=32, 4 warps) made an illegal memory access on an H100 with Triton 3.6 (not understood;
+# the same tile with 8 warps runs and is tested): not in the sweep, and PairTiles refuses it.
+PAIR_SWEEP = [PairTiles(), PairTiles(128, 4, 64, 4), PairTiles(256, 8, 64, 16)]
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=8192)
     parser.add_argument("--sweep", action="store_true", help="time every tile configuration in SWEEP")
+    parser.add_argument("--sweep-pair", action="store_true", help="time every tile configuration in PAIR_SWEEP")
     args = parser.parse_args(argv)
     n = args.size
     x = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
@@ -56,9 +58,9 @@ def main(argv=None):
     # one single-pass kernel against the two quantize kernels it replaces.
     pairs = {"X pair: 1x16 RNE + X^T RHT RNE": ("rne", "rne"), "dY pair: 1x16 SR + dY^T RHT SR": ("sr", "sr")}
     for name, (r, rt) in pairs.items():
-        for tiles in PAIR_SWEEP if args.sweep else [PairTiles()]:
+        for tiles in PAIR_SWEEP if args.sweep_pair else [PairTiles()]:
             label = f"triton {name}, one pass" + (f" amax k{tiles.amax_k}w{tiles.amax_warps} q k{tiles.quantize_k}"
-                                                  f"w{tiles.quantize_warps}" if args.sweep else "")
+                                                  f"w{tiles.quantize_warps}" if args.sweep_pair else "")
             cases[label] = (lambda r, rt, t: lambda: quantize_pair_nvfp4(x, r, rt, True, tiles=t))(r, rt, tiles)
         cases[f"triton {name}, two kernels"] = (lambda r, rt: lambda: (quantize_nvfp4(x, 1, r),
                                                                      quantize_nvfp4(x.t(), 1, rt, rht=True)))(r, rt)
@@ -82,6 +84,7 @@ def main(argv=None):
         print(f"torchao peer not run: {err}")
     rows = []
     for name, fn in cases.items():
+        print(f"timing {name}", flush=True)
         ms = clone if name.startswith("x.clone") else median_ms(fn)
         rows.append([name, ms, ms / clone, gbytes / (ms / 1e3) if name.startswith("x.clone") else float("nan")])
     report(f"Quantize {n}x{n} BF16, ms (median) and ratio to clone", ["kernel", "ms", "x clone", "clone GB/s"],

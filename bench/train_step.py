@@ -85,6 +85,7 @@ def run(name: str, config: dict, steps: int, device: str) -> dict:
     elapsed = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
     params = sum(p.numel() for p in model.parameters())
+    print(f"{name}: {steps * batch * seq / elapsed:.0f} tokens/s, peak {peak:.2f} GiB, loss {loss:.4f}", flush=True)
     return {"tokens_per_s": steps * batch * seq / elapsed, "peak_gib": peak, "loss": loss, "params": params}
 
 

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_quantize import RHT_TILE, _e2m1_value, _e4m3_value, _h, _load_tile, is_transposed
+from .triton_quantize import RHT_TILE, _e2m1_value, _e4m3_value, _load_tile, is_transposed
 
 
 @triton.jit
@@ -49,10 +49,10 @@ def dequantize_to_bf16(codes: torch.Tensor, scale_bits: torch.Tensor) -> torch.T
 
 
 @triton.jit
-def _rht_kernel(x_ptr, out_ptr, R, K, stride_r, stride_k, h_ptr, TRANSPOSED: tl.constexpr,
+def _rht_kernel(x_ptr, out_ptr, R, K, stride_r, stride_k, TRANSPOSED: tl.constexpr,
                 BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     y, rows, cols, mask = _load_tile(x_ptr, tl.program_id(0) * BLOCK_R, tl.program_id(1) * BLOCK_K, R, K,
-                                     stride_r, stride_k, h_ptr, True, TRANSPOSED, BLOCK_R, BLOCK_K)
+                                     stride_r, stride_k, True, TRANSPOSED, BLOCK_R, BLOCK_K)
     tl.store(out_ptr + rows[:, None].to(tl.int64) * K + cols[None, :], y.to(tl.bfloat16), mask=mask)
 
 
@@ -66,6 +66,6 @@ def rht_to_bf16(x: torch.Tensor) -> torch.Tensor:
     out = torch.empty((R, K), dtype=torch.bfloat16, device=x.device)
     if R and K:
         grid = (triton.cdiv(R, 64), triton.cdiv(K, RHT_TILE))
-        _rht_kernel[grid](x, out, R, K, x.stride(0), x.stride(1), _h(x.device), TRANSPOSED=is_transposed(x),
+        _rht_kernel[grid](x, out, R, K, x.stride(0), x.stride(1), TRANSPOSED=is_transposed(x),
                           BLOCK_R=64, BLOCK_K=RHT_TILE, num_warps=4)
     return out

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..hadamard import rht_matrix
+from ..hadamard import DEFAULT_RHT_SIGNS
 
 FP32_MAX = tl.constexpr(3.4028234663852886e38)
 
@@ -37,8 +37,31 @@ def _round_to_bf16(f):
     return tl.where(f == f, rounded, f)
 
 
+# Bit i set where the RHT's sign vector has -1 at row i (``hadamard.DEFAULT_RHT_SIGNS``).
+_RHT_NEGATIVE_ROWS = tl.constexpr(sum(1 << i for i, sign in enumerate(DEFAULT_RHT_SIGNS) if sign < 0))
+# Triton's CPU interpreter: its BF16 dot is not exact, so the RHT products run in FP32 there.
+_RHT_IN_FP32 = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
+
+
 @triton.jit
-def _rht_tile(x, h_ptr, BLOCK_K: tl.constexpr):
+def _rht_matrices(N: tl.constexpr):
+    """``blockdiag(H, ..., H)`` and ``blockdiag(ones(16, 16), ...)``, ``[N, N]``, built in registers:
+    ``H[i, j] = s_i (-1)^popcount(i & j) / 4`` (exact in BF16). Nothing is loaded, so no
+    device tensor has to be cached between calls (a CUDA graph's memory pool would keep it)."""
+    i = tl.arange(0, N)[:, None]
+    j = tl.arange(0, N)[None, :]
+    same_run = (i // 16) == (j // 16)
+    both = i & j & 15
+    negative = ((both ^ (both >> 1) ^ (both >> 2) ^ (both >> 3)) & 1) ^ ((_RHT_NEGATIVE_ROWS >> (i & 15)) & 1)
+    h = tl.where(same_run, tl.where(negative == 1, -0.25, 0.25), 0.0)
+    runs = tl.where(same_run, 1.0, 0.0)
+    if _RHT_IN_FP32:
+        return h, runs
+    return h.to(tl.bfloat16), runs.to(tl.bfloat16)
+
+
+@triton.jit
+def _rht_tile(x, BLOCK_K: tl.constexpr):
     """``[BLOCK_R, BLOCK_K]`` BF16 values -> each 16-run times H, rounded to BF16 (kept in fp32).
 
     One tensor-core product with ``blockdiag(H, ..., H)`` (``[BLOCK_K, BLOCK_K]``, entries
@@ -48,15 +71,12 @@ def _rht_tile(x, h_ptr, BLOCK_K: tl.constexpr):
     the reference RHT first (see ``quantize_nvfp4``). A NaN or Inf would leak into the other
     runs of the tile through the zeros (0 * Inf = NaN), so non-finite inputs are zeroed and a
     second product with ``blockdiag(ones(16, 16))`` counts them per run; a run that held one
-    comes out NaN, as the reference's does. ``h_ptr`` holds the two matrices, in BF16 (or in
-    FP32 under Triton's CPU interpreter, whose BF16 dot is not exact)."""
-    i = tl.arange(0, BLOCK_K)
-    h = tl.load(h_ptr + i[:, None] * BLOCK_K + i[None, :])
-    runs = tl.load(h_ptr + BLOCK_K * BLOCK_K + i[:, None] * BLOCK_K + i[None, :])
+    comes out NaN, as the reference's does."""
+    h, runs = _rht_matrices(BLOCK_K)
     xf = x.to(tl.float32)
     nonfinite = ~(tl.abs(xf) <= FP32_MAX)
     clean = tl.where(nonfinite, 0.0, xf).to(h.dtype)
-    if h.dtype == tl.float32:
+    if _RHT_IN_FP32:
         y = tl.dot(clean, h, input_precision="ieee")
         bad = tl.dot(nonfinite.to(tl.float32), runs, input_precision="ieee")
     else:
@@ -66,7 +86,7 @@ def _rht_tile(x, h_ptr, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def _load_tile(x_ptr, r0, k0, R, K, stride_r, stride_k, h_ptr, RHT: tl.constexpr, TRANSPOSED: tl.constexpr,
+def _load_tile(x_ptr, r0, k0, R, K, stride_r, stride_k, RHT: tl.constexpr, TRANSPOSED: tl.constexpr,
                BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     """The ``[BLOCK_R, BLOCK_K]`` tile at ``(r0, k0)`` in fp32 (after the RHT where it applies).
 
@@ -83,21 +103,21 @@ def _load_tile(x_ptr, r0, k0, R, K, stride_r, stride_k, h_ptr, RHT: tl.constexpr
     else:
         x = tl.load(x_ptr + rows[:, None] * stride_r + cols[None, :] * stride_k, mask=mask, other=0.0)
     if RHT:
-        x = _rht_tile(x, h_ptr, BLOCK_K)
+        x = _rht_tile(x, BLOCK_K)
     else:
         x = x.to(tl.float32)
     return x, rows, cols, mask
 
 
 @triton.jit
-def _amax_kernel(x_ptr, amax_bits_ptr, R, K, stride_r, stride_k, h_ptr, tiles_k, n_programs, tiles_per_program, RHT: tl.constexpr,
+def _amax_kernel(x_ptr, amax_bits_ptr, R, K, stride_r, stride_k, tiles_k, n_programs, tiles_per_program, RHT: tl.constexpr,
                  TRANSPOSED: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     """Persistent: each program folds many tiles into a register maximum, then one atomic."""
     acc = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
     for i in range(0, tiles_per_program):
         t = tl.program_id(0) + i * n_programs  # past the last tile: rows >= R, all masked
         x, rows, cols, mask = _load_tile(x_ptr, (t // tiles_k) * BLOCK_R, (t % tiles_k) * BLOCK_K, R, K,
-                                         stride_r, stride_k, h_ptr, RHT, TRANSPOSED, BLOCK_R, BLOCK_K)
+                                         stride_r, stride_k, RHT, TRANSPOSED, BLOCK_R, BLOCK_K)
         a = tl.abs(x)
         acc = tl.maximum(acc, tl.where(a <= FP32_MAX, a, 0.0))  # NaN and Inf do not count
     tile_max = tl.max(tl.max(acc, axis=1), axis=0)
@@ -223,12 +243,12 @@ def _quantize_tile(x, rows, k0, R, K, amax, seed_ptr, codes_ptr, scales_ptr, cod
 
 @triton.jit
 def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, amax_bits_ptr, s_dec_ptr, seed_ptr,
-                     R, K, stride_r, stride_k, h_ptr, codes_stride, scales_stride,
+                     R, K, stride_r, stride_k, codes_stride, scales_stride,
                      RHT: tl.constexpr, TWO_D: tl.constexpr, SR: tl.constexpr, TRANSPOSED: tl.constexpr,
                      BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_r, pid_k = tl.program_id(0), tl.program_id(1)
     r0, k0 = pid_r * BLOCK_R, pid_k * BLOCK_K
-    x, rows, cols, mask = _load_tile(x_ptr, r0, k0, R, K, stride_r, stride_k, h_ptr, RHT, TRANSPOSED,
+    x, rows, cols, mask = _load_tile(x_ptr, r0, k0, R, K, stride_r, stride_k, RHT, TRANSPOSED,
                                      BLOCK_R, BLOCK_K)
     amax = tl.load(amax_bits_ptr).to(tl.float32, bitcast=True)
     s_dec = _quantize_tile(x, rows, k0, R, K, amax, seed_ptr, codes_ptr, scales_ptr, codes_stride, scales_stride,
@@ -238,18 +258,6 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, amax_bits_ptr, s_dec_ptr, see
 
 
 RHT_TILE = 64  # K-extent of a tile when the RHT is fused: blockdiag(H) is RHT_TILE x RHT_TILE
-
-
-@functools.lru_cache(maxsize=None)
-def _h(device, block_k: int = RHT_TILE, transposed: bool = False) -> torch.Tensor:
-    """``[blockdiag(H), blockdiag(ones(16, 16))]``, ``[2, block_k, block_k]``, for ``_rht_tile``
-    (``blockdiag(H)^T`` first when ``transposed``, for runs along a tile's rows)."""
-    dtype = torch.float32 if os.environ.get("TRITON_INTERPRET") == "1" else torch.bfloat16
-    n = block_k // 16
-    h = torch.block_diag(*[rht_matrix(dtype=torch.float64)] * n)
-    h = h.t() if transposed else h
-    runs = torch.block_diag(*[torch.ones(16, 16, dtype=torch.float64)] * n)
-    return torch.stack([h, runs]).to(dtype=dtype, device=device).contiguous()
 
 
 @functools.lru_cache(maxsize=None)
@@ -310,7 +318,6 @@ def quantize_nvfp4(x: torch.Tensor, block_rows: int = 1, rounding: str = "rne", 
     if not (R and K):
         s_dec.fill_(1.0)
         return codes, scales, s_dec
-    h = _h(x.device)
     transposed = is_transposed(x)
     # Without the RHT the amax does not depend on the orientation: read memory in its order.
     src = x.t() if transposed and not rht else x
@@ -321,7 +328,7 @@ def quantize_nvfp4(x: torch.Tensor, block_rows: int = 1, rounding: str = "rne", 
     n_tiles = triton.cdiv(src.shape[0], ar) * tiles_k
     programs = min(n_tiles, _programs(x.device))
     _amax_kernel[(programs,)](
-        src, amax_bits, src.shape[0], src.shape[1], src.stride(0), src.stride(1), h, tiles_k, programs, triton.cdiv(n_tiles, programs), RHT=rht,
+        src, amax_bits, src.shape[0], src.shape[1], src.stride(0), src.stride(1), tiles_k, programs, triton.cdiv(n_tiles, programs), RHT=rht,
         TRANSPOSED=transposed and rht, BLOCK_R=ar, BLOCK_K=ak, num_warps=tiles.amax_warps)
     qr, qk, warps = tiles.quantize_rows, tiles.quantize_k, tiles.quantize_warps
     if block_rows == 16:
@@ -331,7 +338,7 @@ def quantize_nvfp4(x: torch.Tensor, block_rows: int = 1, rounding: str = "rne", 
     if rht:
         qr, qk, warps = max(qr, RHT_TILE), RHT_TILE, tiles.quantize_warps
     _quantize_kernel[(triton.cdiv(R, qr), triton.cdiv(K, qk))](
-        x, codes, scales, amax_bits, s_dec, seed, R, K, x.stride(0), x.stride(1), h,
+        x, codes, scales, amax_bits, s_dec, seed, R, K, x.stride(0), x.stride(1),
         codes.stride(0), scales.stride(0), RHT=rht, TWO_D=block_rows == 16, SR=rounding == "sr",
         TRANSPOSED=transposed, BLOCK_R=qr, BLOCK_K=qk, num_warps=warps)
     return codes, scales, s_dec
