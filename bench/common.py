@@ -35,13 +35,16 @@ def lm_training_step(compiled, optimizer, tokens: torch.Tensor, after=None):
     return step
 
 
-def warm_up(step, device, steps: int = 2) -> None:
-    """Compile and warm up ``step``; on CUDA, then drain the queue and reset the peak memory."""
+def warm_up(step, device, steps: int = 2, reset_peak: bool = True) -> None:
+    """Compile and warm up ``step``; on CUDA, then drain the queue and (unless told not to) reset
+    the peak memory. Under CUDA graphs the graphs' memory pool is allocated during the warm-up
+    and replays allocate nothing, so a reset there would hide it: pass ``reset_peak=False``."""
     for _ in range(steps):
         step()
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+        if reset_peak:
+            torch.cuda.reset_peak_memory_stats()
 
 
 def out_dir() -> Path:

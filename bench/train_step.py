@@ -75,7 +75,7 @@ def run(name: str, config: dict, steps: int, device: str) -> dict:
     step = lm_training_step(compiled, opt, tokens)
     if mode == "reduce-overhead":  # CUDA graphs: tell the graph trees where each step begins
         step = (lambda inner: lambda: (torch.compiler.cudagraph_mark_step_begin(), inner())[1])(step)
-    warm_up(step, device)
+    warm_up(step, device, reset_peak=mode != "reduce-overhead")
     start = time.perf_counter()
     for _ in range(steps):
         loss = step()
