@@ -548,7 +548,10 @@ def test_nccl_two_gpus(tmp_path, monkeypatch, kernels):
     plain, fp4 = result(got, "fsdp", 0), result(got, "fsdp_nvfp4_all_gather", 0)
     assert torch.equal(fp4["loss"], plain["loss"])
     for n, g in plain["grads"].items():
-        assert torch.equal(fp4["grads"][n], g), n
+        if n.rsplit(".", 1)[0] in fp4["enabled"] and n.endswith("weight"):  # the FP4-gathered weights
+            assert torch.equal(fp4["grads"][n], g), n
+        else:  # on CUDA the other gradients (biases, the BF16 block) may be summed in another order
+            torch.testing.assert_close(fp4["grads"][n], g, rtol=1e-5, atol=1e-7, msg=n)
     model, _, _ = make()
     for name, (codes, tiles, global_scale) in fp4["gathered"].items():
         q = nc.quantize(model.get_submodule(name).weight.detach(), block=(16, 16))
