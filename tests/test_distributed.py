@@ -65,8 +65,9 @@ def make(device="cpu"):
     """The model, inputs and targets: the same on every rank and in the parent."""
     torch.manual_seed(0)
     model = ResMLP().to(device)
-    x = torch.randn(TOKENS, DIM, device=device)
-    y = torch.randn(TOKENS, OUT, device=device)
+    # Drawn on the CPU and moved: a CUDA generator would give other numbers than the parent's.
+    x = torch.randn(TOKENS, DIM).to(device)
+    y = torch.randn(TOKENS, OUT).to(device)
     return model, x, y
 
 
@@ -544,7 +545,10 @@ def test_nccl_two_gpus(tmp_path, monkeypatch, kernels):
     drift = {n: ((g - ref_grads[n]).norm() / ref_grads[n].norm()).item() for n, g in single["grads"].items()}
     print(f"\n{kernels}: single-process CUDA against the CPU emulation: loss {single['loss'].item():.6f} vs "
           f"{ref_loss.item():.6f}; gradient drift {max(drift.values()):.2e} (largest, {max(drift, key=drift.get)})")
-    assert torch.allclose(single["loss"], ref_loss, rtol=2e-2)
+    # FP4 moves the loss by 8e-4 (relative) and the weight gradients by 9-38% against FP32 here;
+    # on CUDA only the high-precision layers sum in another order (same loss, drift 3.8e-7 measured).
+    assert torch.allclose(single["loss"], ref_loss, rtol=1e-4)
+    assert max(drift.values()) < 1e-5, drift  # measured 3.8e-7 on two H200s
     plain, fp4 = result(got, "fsdp", 0), result(got, "fsdp_nvfp4_all_gather", 0)
     assert torch.equal(fp4["loss"], plain["loss"])
     for n, g in plain["grads"].items():
