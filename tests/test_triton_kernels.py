@@ -315,3 +315,24 @@ def test_cuda_graph_replays_draw_fresh_sr_noise():
     steps = _mlp_grads(True, 5, sr=True)
     for (_, a), (_, b) in zip(steps[2:], steps[3:]):  # replays
         assert not all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@gpu
+@pytest.mark.parametrize("shape", [(8192, 2048), (2048, 8192)])
+def test_kernels_match_the_reference_at_training_shapes(shape):
+    """The shapes of a 1B model's linears (tokens x width): every kernel bit for bit."""
+    from nvfp4_compile import ops
+    from nvfp4_compile.kernels.triton_quantize import quantize_nvfp4
+    from nvfp4_compile.kernels.triton_quantize_pair import quantize_pair_nvfp4
+    from nvfp4_compile.kernels.triton_transpose import transpose_2d_nvfp4
+
+    torch.manual_seed(0)
+    x = (torch.randn(*shape, device="cuda") * torch.logspace(-3, 3, shape[1], device="cuda")).bfloat16()
+    cases = [(quantize_nvfp4(x, 1), ops.reference_quantize(x, "nvfp4", 1, "rne", "")),
+             (quantize_nvfp4(x, 16), ops.reference_quantize(x, "nvfp4", 16, "rne", "")),
+             (quantize_nvfp4(x.t(), 1, rht=True), ops.reference_quantize(x.t(), "nvfp4", 1, "rne", "", True)),
+             (quantize_pair_nvfp4(x, "rne", "rne", True), ops.reference_quantize_pair(x, "nvfp4", "rne", "rne", True, ""))]
+    codes, scales, _ = cases[1][1]
+    cases.append((transpose_2d_nvfp4(codes, scales), ops._reference_transpose_2d(codes, scales, "nvfp4")))
+    for i, (got, want) in enumerate(cases):
+        assert all(torch.equal(g, w) for g, w in zip(got, want)), i
