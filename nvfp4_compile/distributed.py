@@ -330,6 +330,18 @@ def exact_dequantize(q: NVFP4Tensor, amax: torch.Tensor, dtype: torch.dtype) -> 
     return w.to(dtype)
 
 
+def _exact_dequantize_tiles(codes, tiles, s_dec, amax, dtype) -> torch.Tensor:
+    """:func:`exact_dequantize` from codes and one scale a tile: one Triton pass on CUDA (the
+    FSDP2 post-all-gather runs eagerly, where the reference's FP32 passes cost a step dearly)."""
+    from .ops import _fast_path_available
+
+    if _fast_path_available(codes.device):
+        from .kernels.triton_dequant import exact_dequantize_2d
+
+        return exact_dequantize_2d(codes, tiles, s_dec, amax, dtype)
+    return exact_dequantize(_as_nvfp4(codes, tiles, s_dec), amax, dtype)
+
+
 # -- FSDP2 all-gather extension -----------------------------------------------------------
 
 # Ops that FSDP2 applies to a parameter's local tensor when it shards, pads and moves it,
@@ -407,7 +419,7 @@ class NVFP4AllGatherWeight(torch.Tensor):
     def fsdp_post_all_gather(self, all_gather_outputs, metadata, param_dtype, *, out=None):
         codes, tiles = all_gather_outputs
         s_dec, amax = metadata
-        weight = exact_dequantize(_as_nvfp4(codes, tiles, s_dec), amax, param_dtype)
+        weight = _exact_dequantize_tiles(codes, tiles, s_dec, amax, param_dtype)
         if out is not None:
             with torch.no_grad():
                 out.copy_(weight)

@@ -76,6 +76,22 @@ for shape in [(128, 96), (70, 40)]:
         want = ops.reference_quantize_pair(x, "nvfp4", "rne", "rne", rht_t, "")
         if not all(torch.equal(g, w) for g, w in zip(got, want)):
             bad.append(("quantize_pair", shape, rht_t))
+from nvfp4_compile import distributed as ncd
+from nvfp4_compile.kernels.triton_dequant import exact_dequantize_2d
+for case in ("plain", "inf", "zero"):
+    w = torch.randn(96, 160) * 0.02
+    if case == "inf":
+        w[5, 3] = float("inf")
+    if case == "zero":
+        w.zero_()
+    for dt in (torch.float32, torch.bfloat16):
+        amax = ncd.local_amax(w.to(dt))
+        codes, tiles, s_dec = ncd.quantize_2d_with_amax(w.to(dt), amax)
+        want = ncd.exact_dequantize(ncd._as_nvfp4(codes, tiles, s_dec), amax, dt)
+        got = exact_dequantize_2d(codes, tiles, s_dec, amax, dt)
+        same_nan = torch.equal(got.isnan(), want.isnan())
+        if not (same_nan and torch.equal(got.nan_to_num().view(torch.uint8), want.nan_to_num().view(torch.uint8))):
+            bad.append(("exact_dequantize_2d", case, str(dt)))
 print("mismatches:", bad)
 """
     env = {**os.environ, "TRITON_INTERPRET": "1"}
@@ -336,3 +352,24 @@ def test_kernels_match_the_reference_at_training_shapes(shape):
     cases.append((transpose_2d_nvfp4(codes, scales), ops._reference_transpose_2d(codes, scales, "nvfp4")))
     for i, (got, want) in enumerate(cases):
         assert all(torch.equal(g, w) for g, w in zip(got, want)), i
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_exact_dequantize_kernel_equals_the_reference(dtype):
+    """The FSDP2 NVFP4 all-gather's dequantization: one Triton pass, bit for bit (NaN tiles stay
+    NaN, zero signs kept, the amax pinned)."""
+    from nvfp4_compile import distributed as ncd
+    from nvfp4_compile.kernels.triton_dequant import exact_dequantize_2d
+
+    torch.manual_seed(0)
+    w = torch.randn(512, 384) * torch.logspace(-3, 1, 384)
+    w[100, 7], w[0:16, 16:32] = float("nan"), 0.0
+    for x in (w, torch.nan_to_num(w, nan=0.5)):
+        x = x.to(dtype)
+        amax = ncd.local_amax(x)
+        codes, tiles, s_dec = ncd.quantize_2d_with_amax(x, amax)
+        want = ncd.exact_dequantize(ncd._as_nvfp4(codes, tiles, s_dec), amax, dtype)
+        got = exact_dequantize_2d(codes.cuda(), tiles.cuda(), s_dec.cuda(), amax.cuda(), dtype).cpu()
+        assert torch.equal(got.isnan(), want.isnan())
+        assert torch.equal(got.nan_to_num().view(torch.uint8), want.nan_to_num().view(torch.uint8))

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_quantize import RHT_TILE, _e2m1_value, _e4m3_value, _load_tile, is_transposed
+from .triton_quantize import RHT_TILE, _e2m1_value, _e4m3_value, _load_tile, _round_to_bf16, is_transposed
 
 
 @triton.jit
@@ -68,4 +68,48 @@ def rht_to_bf16(x: torch.Tensor) -> torch.Tensor:
         grid = (triton.cdiv(R, 64), triton.cdiv(K, RHT_TILE))
         _rht_kernel[grid](x, out, R, K, x.stride(0), x.stride(1), TRANSPOSED=is_transposed(x),
                           BLOCK_R=64, BLOCK_K=RHT_TILE, num_warps=4)
+    return out
+
+
+@triton.jit
+def _exact_dequant_2d_kernel(codes_ptr, tiles_ptr, s_dec_ptr, amax_ptr, top_ptr, out_ptr, R, K,
+                             BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """``q * s_dec_b`` (exact in FP32) ``* S_dec`` (one rounding), the largest magnitude ``top``
+    replaced by ``amax``, cast to the output's dtype: ``distributed.exact_dequantize``."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    k0 = tl.program_id(1) * BLOCK_K
+    pcols = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+    packed = tl.load(codes_ptr + rows[:, None].to(tl.int64) * (K // 2) + pcols[None, :],
+                     mask=(rows[:, None] < R) & (pcols[None, :] < K // 2), other=0).to(tl.int32)
+    codes = tl.reshape(tl.join(packed & 15, packed >> 4), (BLOCK_R, BLOCK_K))
+    cols = k0 + tl.arange(0, BLOCK_K)
+    mask = (rows[:, None] < R) & (cols[None, :] < K)
+    tile_bits = tl.load(tiles_ptr + (rows[:, None] // 16).to(tl.int64) * (K // 16) + cols[None, :] // 16,
+                        mask=mask, other=0).to(tl.int32)
+    w = _e2m1_value(codes) * _e4m3_value(tile_bits) * tl.load(s_dec_ptr)
+    amax = tl.load(amax_ptr)
+    w = tl.where(tl.abs(w) == tl.load(top_ptr), tl.where((codes & 8) != 0, -amax, amax), w)  # NaN: no pin
+    if out_ptr.dtype.element_ty == tl.bfloat16:  # round to nearest even explicitly: the conversion is then exact
+        w = _round_to_bf16(w)
+    tl.store(out_ptr + rows[:, None].to(tl.int64) * K + cols[None, :], w.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def exact_dequantize_2d(codes: torch.Tensor, tile_bits: torch.Tensor, s_dec: torch.Tensor, amax: torch.Tensor,
+                        dtype: torch.dtype) -> torch.Tensor:
+    """The exact dequantization of a 16x16-quantized weight (``codes [R, K/2]``, one E4M3 scale a
+    tile ``[R/16, K/16]``), its largest magnitude pinned to ``amax``, in ``dtype``: one pass.
+
+    The largest magnitude of the dequantized tensor is ``6 * 448 * S_dec`` (code 6 in a tile of
+    scale 448 holds the amax; no value exceeds it) unless a tile is non-finite (a NaN scale:
+    the maximum is NaN and nothing is pinned), decided here without a host sync. A zero weight
+    has no element of that magnitude, so nothing is pinned either."""
+    R, K = codes.shape[0], codes.shape[1] * 2
+    out = torch.empty((R, K), dtype=dtype, device=codes.device)
+    if not (R and K):
+        return out
+    s_dec = s_dec.to(torch.float32)
+    top = torch.where((tile_bits == 0x7F).any(), torch.full_like(s_dec, float("nan")), s_dec * 2688.0)
+    grid = (triton.cdiv(R, 32), triton.cdiv(K, 128))
+    _exact_dequant_2d_kernel[grid](codes.contiguous(), tile_bits.contiguous(), s_dec, amax.to(torch.float32), top, out,
+                                   R, K, BLOCK_R=32, BLOCK_K=128, num_warps=4)
     return out

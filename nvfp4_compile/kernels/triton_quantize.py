@@ -148,7 +148,7 @@ def _e4m3_value(bits):
 def _e2m1_value(code):
     c = code & 7
     mag = tl.where(c < 4, c.to(tl.float32) * 0.5, tl.where(c < 6, (c - 2).to(tl.float32), tl.where(c == 6, 4.0, 6.0)))
-    return tl.where((code & 8) != 0, -mag, mag)
+    return tl.where((code & 8) != 0, mag * -1.0, mag)  # code 8 is -0.0 (Triton lowers -x to 0 - x, giving +0.0)
 
 
 @triton.jit
