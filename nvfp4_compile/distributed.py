@@ -441,6 +441,9 @@ def nvfp4_all_gather_weights(model: nn.Module) -> dict[str, NVFP4AllGatherWeight
     return out
 
 
+ONE_RANK = "one rank: nothing is all-gathered"
+
+
 def eligible_weights(model: nn.Module, options: dict | None = None, world_size: int | None = None) -> dict[str, str | None]:
     """For every ``nn.Linear`` of ``model``: None if its weight can be all-gathered as NVFP4
     under these backend ``options``, else why not. Eligible: a linear the backend quantizes
@@ -473,6 +476,10 @@ def eligible_weights(model: nn.Module, options: dict | None = None, world_size: 
             reason = f"format {recipe.format}"
         elif reason is None and not recipe.weight_2d:
             reason = "1D weight scaling: fprop and dgrad quantize different tensors"
+        elif reason is None and world == 1:
+            # FSDP2 skips the all-gather on one rank and reads a single all-gather input, which
+            # an extension handing over codes and scales does not fit; there is nothing to save.
+            reason = ONE_RANK
         elif reason is None and (k % TILE or rows % (TILE * world)):
             reason = f"weight {[rows, k]} does not shard into {world} parts of whole {TILE}x{TILE} tiles"
         verdicts[name] = reason
@@ -485,7 +492,10 @@ def enable_nvfp4_all_gather(model: nn.Module, options: dict | None = None, world
     (:func:`eligible_weights`) in :class:`NVFP4AllGatherWeight`; returns their module paths.
     """
     enabled = []
-    for name, reason in eligible_weights(model, options, world_size).items():
+    verdicts = eligible_weights(model, options, world_size)
+    if ONE_RANK in verdicts.values():
+        log.warning("nvfp4: NVFP4 all-gather not enabled: %s", ONE_RANK)
+    for name, reason in verdicts.items():
         if reason is not None:
             continue
         module = model.get_submodule(name)

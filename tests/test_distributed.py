@@ -513,6 +513,16 @@ def test_eligible_weights_follow_the_policy():
     assert ncd.eligible_weights(model, {"bf16_modules": ["layers.1.*"]})["layers.1.fc2"] is not None
 
 
+def test_one_rank_enables_no_nvfp4_all_gather(caplog):
+    """FSDP2 gathers nothing on one rank (and hands an extension a single input there)."""
+    model, _, _ = make()
+    assert ncd.eligible_weights(model, NO_SR, world_size=1)["layers.0.fc1"] == ncd.ONE_RANK
+    with caplog.at_level("WARNING", logger="nvfp4_compile.distributed"):
+        assert ncd.enable_nvfp4_all_gather(model, NO_SR, world_size=1) == []
+    assert ncd.ONE_RANK in caplog.text
+    assert not any(isinstance(p, ncd.NVFP4AllGatherWeight) for p in model.parameters())
+
+
 def test_quantize_2d_with_amax_equals_quantize_on_the_whole_tensor():
     torch.manual_seed(0)
     w = torch.randn(64, 32)
