@@ -199,6 +199,8 @@ def test_unknown_option_lists_the_valid_keys():
         nc.backend.BackendOptions.from_dict({"dump_dir": 3})
     with pytest.raises(TypeError, match="check_finite"):
         nc.backend.BackendOptions.from_dict({"check_finite": "yes"})
+    with pytest.raises(TypeError, match="cuda_graphs"):
+        nc.backend.BackendOptions.from_dict({"cuda_graphs": 1})
 
 
 def test_backend_is_registered_once():
