@@ -17,6 +17,16 @@ from .triton_quantize import RHT_TILE, _e2m1_value, _e4m3_value, _load_tile, _ro
 
 
 @triton.jit
+def _load_codes(codes_ptr, rows, k0, R, K, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The ``[BLOCK_R, BLOCK_K]`` E2M1 codes (int32) at rows ``rows``, columns from ``k0``, of a
+    packed ``uint8 [R, K/2]`` tensor (low nibble first); zeros past the edges."""
+    pcols = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+    packed = tl.load(codes_ptr + rows[:, None].to(tl.int64) * (K // 2) + pcols[None, :],
+                     mask=(rows[:, None] < R) & (pcols[None, :] < K // 2), other=0).to(tl.int32)
+    return tl.reshape(tl.join(packed & 15, packed >> 4), (BLOCK_R, BLOCK_K))
+
+
+@triton.jit
 def _fp4_tile(codes_ptr, scales_ptr, rows, k0, R, K, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     """``[len(rows), BLOCK_K]`` BF16 values ``q * s_dec_b`` (exact) of a packed FP4 operand."""
     pcols = k0 // 2 + tl.arange(0, BLOCK_K // 2)
@@ -78,10 +88,7 @@ def _exact_dequant_2d_kernel(codes_ptr, tiles_ptr, s_dec_ptr, amax_ptr, top_ptr,
     replaced by ``amax``, cast to the output's dtype: ``distributed.exact_dequantize``."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     k0 = tl.program_id(1) * BLOCK_K
-    pcols = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-    packed = tl.load(codes_ptr + rows[:, None].to(tl.int64) * (K // 2) + pcols[None, :],
-                     mask=(rows[:, None] < R) & (pcols[None, :] < K // 2), other=0).to(tl.int32)
-    codes = tl.reshape(tl.join(packed & 15, packed >> 4), (BLOCK_R, BLOCK_K))
+    codes = _load_codes(codes_ptr, rows, k0, R, K, BLOCK_R, BLOCK_K)
     cols = k0 + tl.arange(0, BLOCK_K)
     mask = (rows[:, None] < R) & (cols[None, :] < K)
     tile_bits = tl.load(tiles_ptr + (rows[:, None] // 16).to(tl.int64) * (K // 16) + cols[None, :] // 16,

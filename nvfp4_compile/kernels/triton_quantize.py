@@ -86,6 +86,12 @@ def _rht_tile(x, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
+def _finite_abs(v):
+    a = tl.abs(v)
+    return tl.where(a <= FP32_MAX, a, 0.0)  # NaN and Inf do not count
+
+
+@triton.jit
 def _load_tile(x_ptr, r0, k0, R, K, stride_r, stride_k, RHT: tl.constexpr, TRANSPOSED: tl.constexpr,
                BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     """The ``[BLOCK_R, BLOCK_K]`` tile at ``(r0, k0)`` in fp32 (after the RHT where it applies).
@@ -118,8 +124,7 @@ def _amax_kernel(x_ptr, amax_bits_ptr, R, K, stride_r, stride_k, tiles_k, n_prog
         t = tl.program_id(0) + i * n_programs  # past the last tile: rows >= R, all masked
         x, rows, cols, mask = _load_tile(x_ptr, (t // tiles_k) * BLOCK_R, (t % tiles_k) * BLOCK_K, R, K,
                                          stride_r, stride_k, RHT, TRANSPOSED, BLOCK_R, BLOCK_K)
-        a = tl.abs(x)
-        acc = tl.maximum(acc, tl.where(a <= FP32_MAX, a, 0.0))  # NaN and Inf do not count
+        acc = tl.maximum(acc, _finite_abs(x))
     tile_max = tl.max(tl.max(acc, axis=1), axis=0)
     tl.atomic_max(amax_bits_ptr, tile_max.to(tl.int32, bitcast=True))
 

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_quantize import FP32_MAX, RHT_TILE, _programs, _quantize_tile, _rht_tile
+from .triton_quantize import RHT_TILE, _finite_abs, _programs, _quantize_tile, _rht_tile
 
 
 @triton.jit
@@ -30,12 +30,6 @@ def _load(x_ptr, r0, k0, R, K, stride_r, stride_k, BLOCK_R: tl.constexpr, BLOCK_
     mask = (rows[:, None] < R) & (cols[None, :] < K)  # zeros past the edges: the padding
     x = tl.load(x_ptr + rows[:, None].to(tl.int64) * stride_r + cols[None, :] * stride_k, mask=mask, other=0.0)
     return x, rows, cols
-
-
-@triton.jit
-def _finite_abs(v):
-    a = tl.abs(v)
-    return tl.where(a <= FP32_MAX, a, 0.0)  # NaN and Inf do not count
 
 
 @triton.jit

@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_dequant import _load_codes
+
 
 @triton.jit
 def _transpose_2d_kernel(codes_ptr, scales_ptr, codes_t_ptr, scales_t_ptr, R, K,
@@ -19,10 +21,7 @@ def _transpose_2d_kernel(codes_ptr, scales_ptr, codes_t_ptr, scales_t_ptr, R, K,
     """Tile ``[BLOCK_R, BLOCK_K]`` of W (codes) -> tile ``[BLOCK_K, BLOCK_R]`` of W^T."""
     r0, k0 = tl.program_id(0) * BLOCK_R, tl.program_id(1) * BLOCK_K
     rows = r0 + tl.arange(0, BLOCK_R)
-    pcols = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-    packed = tl.load(codes_ptr + rows[:, None].to(tl.int64) * (K // 2) + pcols[None, :],
-                     mask=(rows[:, None] < R) & (pcols[None, :] < K // 2), other=0).to(tl.int32)
-    codes = tl.reshape(tl.join(packed & 15, packed >> 4), (BLOCK_R, BLOCK_K))
+    codes = _load_codes(codes_ptr, rows, k0, R, K, BLOCK_R, BLOCK_K)
     low, high = tl.split(tl.reshape(tl.trans(codes), (BLOCK_K, BLOCK_R // 2, 2)))
     cols = k0 + tl.arange(0, BLOCK_K)  # rows of W^T
     prows = r0 // 2 + tl.arange(0, BLOCK_R // 2)  # byte columns of W^T
