@@ -44,45 +44,37 @@ _RHT_IN_FP32 = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
 
 
 @triton.jit
-def _rht_matrices(N: tl.constexpr):
-    """``blockdiag(H, ..., H)`` and ``blockdiag(ones(16, 16), ...)``, ``[N, N]``, built in registers:
-    ``H[i, j] = s_i (-1)^popcount(i & j) / 4`` (exact in BF16). Nothing is loaded, so no
-    device tensor has to be cached between calls (a CUDA graph's memory pool would keep it)."""
-    i = tl.arange(0, N)[:, None]
-    j = tl.arange(0, N)[None, :]
-    same_run = (i // 16) == (j // 16)
-    both = i & j & 15
-    negative = ((both ^ (both >> 1) ^ (both >> 2) ^ (both >> 3)) & 1) ^ ((_RHT_NEGATIVE_ROWS >> (i & 15)) & 1)
-    h = tl.where(same_run, tl.where(negative == 1, -0.25, 0.25), 0.0)
-    runs = tl.where(same_run, 1.0, 0.0)
+def _rht_matrix():
+    """``H [16, 16]``, built in registers: ``H[i, j] = s_i (-1)^popcount(i & j) / 4`` (exact in
+    BF16). Nothing is loaded, so no device tensor has to be cached between calls (a CUDA graph's
+    memory pool would keep it)."""
+    i = tl.arange(0, 16)[:, None]
+    j = tl.arange(0, 16)[None, :]
+    both = i & j
+    negative = ((both ^ (both >> 1) ^ (both >> 2) ^ (both >> 3)) & 1) ^ ((_RHT_NEGATIVE_ROWS >> i) & 1)
+    h = tl.where(negative == 1, -0.25, 0.25)
     if _RHT_IN_FP32:
-        return h, runs
-    return h.to(tl.bfloat16), runs.to(tl.bfloat16)
+        return h
+    return h.to(tl.bfloat16)
 
 
 @triton.jit
-def _rht_tile(x, BLOCK_K: tl.constexpr):
+def _rht_tile(x, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     """``[BLOCK_R, BLOCK_K]`` BF16 values -> each 16-run times H, rounded to BF16 (kept in fp32).
 
-    One tensor-core product with ``blockdiag(H, ..., H)`` (``[BLOCK_K, BLOCK_K]``, entries
-    ±1/4 and 0, exact in BF16): the products are exact and FP32 accumulation gives the exact
-    sum whenever it fits FP32's 24 bits (a run spanning less than about 2^12 in magnitude),
-    so the result is the reference's (exact, then FP32, then BF16). FP16/FP32 inputs take
-    the reference RHT first (see ``quantize_nvfp4``). A NaN or Inf would leak into the other
-    runs of the tile through the zeros (0 * Inf = NaN), so non-finite inputs are zeroed and a
-    second product with ``blockdiag(ones(16, 16))`` counts them per run; a run that held one
-    comes out NaN, as the reference's does."""
-    h, runs = _rht_matrices(BLOCK_K)
-    xf = x.to(tl.float32)
-    nonfinite = ~(tl.abs(xf) <= FP32_MAX)
-    clean = tl.where(nonfinite, 0.0, xf).to(h.dtype)
+    One tensor-core product of all the tile's runs, ``[BLOCK_R * BLOCK_K / 16, 16]``, with H:
+    the products are exact (entries ±1/4) and FP32 accumulation gives the exact sum whenever it
+    fits FP32's 24 bits (a run spanning less than about 2^12 in magnitude), so the result is the
+    reference's (exact, then FP32, then BF16). A NaN or Inf stays in its own run, where it makes
+    every output non-finite, as in the reference. FP16/FP32 inputs take the reference RHT first
+    (see ``quantize_nvfp4``)."""
+    h = _rht_matrix()
+    runs = tl.reshape(x, (BLOCK_R * (BLOCK_K // 16), 16))
     if _RHT_IN_FP32:
-        y = tl.dot(clean, h, input_precision="ieee")
-        bad = tl.dot(nonfinite.to(tl.float32), runs, input_precision="ieee")
+        y = tl.dot(runs.to(tl.float32), h, input_precision="ieee")
     else:
-        y = tl.dot(clean, h)
-        bad = tl.dot(nonfinite.to(h.dtype), runs)
-    return tl.where(bad > 0.0, float("nan"), _round_to_bf16(y))
+        y = tl.dot(runs.to(tl.bfloat16), h)
+    return tl.reshape(_round_to_bf16(y), (BLOCK_R, BLOCK_K))
 
 
 @triton.jit
@@ -109,7 +101,7 @@ def _load_tile(x_ptr, r0, k0, R, K, stride_r, stride_k, RHT: tl.constexpr, TRANS
     else:
         x = tl.load(x_ptr + rows[:, None] * stride_r + cols[None, :] * stride_k, mask=mask, other=0.0)
     if RHT:
-        x = _rht_tile(x, BLOCK_K)
+        x = _rht_tile(x, BLOCK_R, BLOCK_K)
     else:
         x = x.to(tl.float32)
     return x, rows, cols, mask
@@ -127,6 +119,11 @@ def _amax_kernel(x_ptr, amax_bits_ptr, R, K, stride_r, stride_k, tiles_k, n_prog
         acc = tl.maximum(acc, _finite_abs(x))
     tile_max = tl.max(tl.max(acc, axis=1), axis=0)
     tl.atomic_max(amax_bits_ptr, tile_max.to(tl.int32, bitcast=True))
+
+
+@triton.jit
+def _maximum_nan(a, b):
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)  # one max.NaN instruction on sm_80+
 
 
 @triton.jit
@@ -157,48 +154,52 @@ def _e2m1_value(code):
 
 
 @triton.jit
-def _e2m1_scaled(a):
-    """``|v|`` -> (``|v|`` in units of its E2M1 grid step, the code of the grid's start there).
-
-    The grid steps are 0.5 on [0, 2), 1 on [2, 4) and 2 on [4, 6]: scaling by 2, 1 or 1/2 is
-    exact, so integer rounding of the scaled value is rounding to the grid, and the code is
-    that integer plus 0, 2 or 4 (code 4 = 2.0, code 6 = 4.0). Few instructions a value: this
-    is the inner loop of every quantizer."""
-    small, mid = a < 2.0, a < 4.0
-    scaled = tl.where(small, a * 2.0, tl.where(mid, a, a * 0.5))
-    offset = tl.where(small, 0, tl.where(mid, 2, 4))
-    return scaled, offset
-
-
-@triton.jit
 def _e2m1_rne(v):
-    """Round to nearest, ties to the even code (the even integer in scaled units), saturate at 6."""
-    scaled, offset = _e2m1_scaled(tl.minimum(tl.abs(v), 8.0))  # bounded before the integer conversion
-    nearest = ((scaled + 12582912.0) - 12582912.0).to(tl.int32)  # 1.5 * 2^23: RNE to an integer
-    code = tl.minimum(nearest + offset, 7)
+    """Round to the nearest E2M1 code, ties to the even code, saturating at 6; sign in bit 3.
+
+    No float-to-integer conversion (a quarter-rate instruction on Hopper): on ``[0, 1)`` the grid
+    step is 0.5, and adding ``1.5 * 2^22`` (whose ulp is 0.5) rounds to it, ties to even, in one
+    FP32 addition whose ulp count is the code; on ``[1, 6]`` E2M1 is a float with one mantissa
+    bit, so rounding the FP32 bits at bit 22 (ties to even) leaves the code in the exponent and
+    that bit (``1.0`` -> 254 -> code 2)."""
+    a = tl.minimum(tl.abs(v), 6.0)
+    below_one = (a + 6291456.0).to(tl.int32, bitcast=True) - 0x4AC00000
+    b = a.to(tl.int32, bitcast=True)
+    from_one = ((b + 0x1FFFFF + ((b >> 22) & 1)) >> 22) - 252
+    code = tl.where(a < 1.0, below_one, from_one)
     return code | tl.where(v < 0, 8, 0)
 
 
 @triton.jit
-def _e2m1_sr(v, u):
-    """Round up with probability equal to the distance from the grid point below, in steps."""
-    scaled, offset = _e2m1_scaled(tl.minimum(tl.abs(v), 6.0))
-    below = tl.floor(scaled)
-    code = tl.minimum(below.to(tl.int32) + (u < scaled - below).to(tl.int32) + offset, 7)
+def _e2m1_sr(v, r):
+    """Round up with probability equal to the distance from the grid point below, in steps.
+
+    ``r``: uniform random integers in ``[0, 2^22)``. Written as bits, ``w`` holds the code of the
+    grid point below in bits 22 and up and the distance from it, in units of 2^-22 steps, in the
+    22 bits below (``|v| >= 1``: the FP32 bits rebased; below 1, where the step is 0.5: the
+    mantissa of ``1 + |v|``, rounded to 2^-23 by that addition, far below ``r``'s resolution);
+    rounding up when those bits exceed ``r`` happens with probability equal to that distance."""
+    a = tl.minimum(tl.abs(v), 6.0)
+    w = tl.where(a < 1.0, (a + 1.0).to(tl.int32, bitcast=True) - 0x3F800000,
+                 a.to(tl.int32, bitcast=True) - (252 << 22))
+    code = (w >> 22) + ((w & 0x3FFFFF) > r).to(tl.int32)
     return code | tl.where(v < 0, 8, 0)
 
 
 @triton.jit
-def _uniforms(seed_ptr, rows, k0, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
-    """``[BLOCK_R, BLOCK_K // 16, 16]`` uniforms in [0, 1): one Philox call gives four, keyed by
-    (row, group of four columns), so any tensor size gets distinct counters."""
+def _random_bits(seed_ptr, rows, k0, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """``[BLOCK_R, BLOCK_K // 16, 16]`` random integers in ``[0, 2^22)`` with 16 random bits each (the low
+    six bits fixed at the middle of their range, so the rounding-up probability is exact to
+    2^-16 of a step). One Philox call gives 128 bits, eight values, keyed by (row, group of eight
+    columns), so any tensor size gets distinct counters."""
     seed = tl.load(seed_ptr)
-    groups = k0 // 4 + tl.arange(0, BLOCK_K // 4)
+    groups = k0 // 8 + tl.arange(0, BLOCK_K // 8)
     c0 = rows[:, None] + 0 * groups[None, :]
     c1 = groups[None, :] + 0 * rows[:, None]
     r0, r1, r2, r3 = tl.philox(seed, c0, c1, 0 * c0, 0 * c0)
-    bits = tl.reshape(tl.join(tl.join(r0, r1), tl.join(r2, r3)), (BLOCK_R, BLOCK_K // 16, 16))
-    return tl.uint_to_uniform_float(bits)
+    words = tl.join(tl.join(r0, r1), tl.join(r2, r3)).to(tl.int32, bitcast=True)  # [BLOCK_R, BLOCK_K // 8, 2, 2]
+    halves = tl.join(words & 0xFFFF, (words >> 16) & 0xFFFF)
+    return tl.reshape(halves, (BLOCK_R, BLOCK_K // 16, 16)) * 64 + 32
 
 
 @triton.jit
@@ -211,37 +212,37 @@ def _quantize_tile(x, rows, k0, R, K, amax, seed_ptr, codes_ptr, scales_ptr, cod
     s_dec = tl.math.div_rn(1.0, s_enc)
     one_sixth = tl.math.div_rn(1.0, 6.0)
 
-    # A NaN counts as Inf, so a block holding NaN or Inf has an infinite amax.
-    a = tl.where(x == x, tl.abs(x), float("inf"))
+    # Everything below works on [BLOCK_R, NB, 16]: one reshape of the loaded tile, none after it,
+    # so that no layout conversion (and no replicated work) comes between the load and the stores.
     NB: tl.constexpr = BLOCK_K // 16
+    x = tl.reshape(x, (BLOCK_R, NB, 16))
+    # The maximum propagates NaN, so a block holding NaN or Inf has a non-finite amax.
+    amax_b = tl.reduce(tl.abs(x), 2, _maximum_nan)
     if TWO_D:  # BLOCK_R == 16: the tile's 16 rows are this program's rows; one scale per 16x16
-        SR_: tl.constexpr = 1
-        amax_b = tl.reshape(tl.max(tl.reshape(tl.max(a, axis=0), (NB, 16)), axis=1), (1, NB))
-    else:
-        SR_: tl.constexpr = BLOCK_R
-        amax_b = tl.max(tl.reshape(a, (BLOCK_R, NB, 16)), axis=2)
+        amax_b = tl.reduce(amax_b, 0, _maximum_nan, keep_dims=True)
     bad = ~(amax_b <= FP32_MAX)
 
-    scale_bits = _e4m3_bits(amax_b * (s_enc * one_sixth))  # [SR_, NB]
+    scale_bits = _e4m3_bits(amax_b * (s_enc * one_sixth))  # [BLOCK_R or 1, NB]
     scale_bits = tl.where(bad, 0x7F, scale_bits)
     s_enc_b = tl.minimum(tl.math.div_rn(1.0, _e4m3_value(scale_bits) * s_dec), FP32_MAX)
 
-    v = tl.reshape(x, (BLOCK_R, NB, 16)) * tl.reshape(s_enc_b, (SR_, NB, 1))
+    v = x * s_enc_b[:, :, None]
     if SR:
-        codes = _e2m1_sr(v, _uniforms(seed_ptr, rows, k0, BLOCK_R, BLOCK_K))
+        codes = _e2m1_sr(v, _random_bits(seed_ptr, rows, k0, BLOCK_R, BLOCK_K))
     else:
         codes = _e2m1_rne(v)
-    codes = tl.where(tl.reshape(bad, (SR_, NB, 1)), 0, codes)
-    codes = tl.reshape(codes, (BLOCK_R, BLOCK_K // 2, 2))
-    low, high = tl.split(codes)
-    packed = (low | (high << 4)).to(tl.uint8)
+    low, high = tl.split(tl.reshape(codes, (BLOCK_R, NB, 8, 2)))
+    packed = tl.where(bad[:, :, None], 0, low | (high << 4)).to(tl.uint8)  # a non-finite block keeps zero codes
 
-    pcols = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-    pmask = (rows[:, None] < R) & (pcols[None, :] < K // 2)
-    tl.store(codes_ptr + rows[:, None] * codes_stride + pcols[None, :], packed, mask=pmask)
+    # Stored as runs of 4 bytes (a thread's share of two 8-byte blocks' codes): a wider run would
+    # make Triton store through another layout and convert the tile into it through shared memory.
+    packed = tl.reshape(packed, (BLOCK_R, BLOCK_K // 8, 4))
+    r3 = rows[:, None, None]
+    pcols = k0 // 2 + tl.arange(0, BLOCK_K // 8)[None, :, None] * 4 + tl.arange(0, 4)[None, None, :]
+    tl.store(codes_ptr + r3 * codes_stride + pcols, packed, mask=(r3 < R) & (pcols < K // 2))
+    scale_bits = tl.broadcast_to(scale_bits, (BLOCK_R, NB))  # a 2D tile's scale repeats on its 16 rows
     scols = k0 // 16 + tl.arange(0, NB)
     smask = (rows[:, None] < R) & (scols[None, :] < K // 16)
-    scale_bits = tl.broadcast_to(scale_bits, (BLOCK_R, NB))  # a 2D tile's scale repeats on its 16 rows
     tl.store(scales_ptr + rows[:, None] * scales_stride + scols[None, :], scale_bits.to(tl.uint8), mask=smask)
     return s_dec
 

@@ -44,7 +44,7 @@ def _pair_amax_kernel(x_ptr, amax_bits_ptr, R, K, stride_r, stride_k, tiles_k, n
                               BLOCK_R, BLOCK_K)
         acc = tl.maximum(acc, _finite_abs(x.to(tl.float32)))
         if RHT_T:
-            acc_t = tl.maximum(acc_t, _finite_abs(_rht_tile(tl.trans(x), BLOCK_R)))
+            acc_t = tl.maximum(acc_t, _finite_abs(_rht_tile(tl.trans(x), BLOCK_K, BLOCK_R)))
     amax = tl.max(tl.max(acc, axis=1), axis=0)
     tl.atomic_max(amax_bits_ptr, amax.to(tl.int32, bitcast=True))
     if RHT_T:
@@ -71,7 +71,7 @@ def _pair_quantize_kernel(x_ptr, codes_ptr, scales_ptr, s_dec_ptr, codes_t_ptr, 
     # transpose before the MMA, measured 1.6x slower for the pair on an H100.)
     xt = tl.trans(x)
     if RHT_T:
-        yt = _rht_tile(xt, BLOCK_R)
+        yt = _rht_tile(xt, BLOCK_K, BLOCK_R)
     else:
         yt = xt.to(tl.float32)
     # Along R: columns of x are the output's rows; stores stop at K rows and Rp columns.
