@@ -10,6 +10,7 @@ torchao's NVFP4 quantize where torchao is installed. Target: each kernel within 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -20,11 +21,34 @@ from bench.common import median_ms, report  # noqa: E402
 
 import nvfp4_compile as nc  # noqa: E402
 from nvfp4_compile import ops  # noqa: E402
-from nvfp4_compile.kernels.triton_quantize import QuantizeTiles, quantize_nvfp4  # noqa: E402
+from nvfp4_compile.kernels.triton_quantize import QuantizeTiles, Tile, quantize_nvfp4  # noqa: E402
 from nvfp4_compile.kernels.triton_quantize_pair import PairTiles, quantize_pair_nvfp4  # noqa: E402
 
-SWEEP = [QuantizeTiles(), QuantizeTiles(32, 256, 8, 16, 256, 4, 256, 4, 256, 4),
-         QuantizeTiles(16, 512, 4, 16, 128, 4, 64, 1, 128, 4), QuantizeTiles(32, 256, 4, 16, 512, 8, 128, 2, 512, 8)]
+# Candidate tiles (rows, k, warps) for each kernel; --sweep times each kernel with each of its own
+# candidates, the other kernels at their defaults. Per-thread work against registers and occupancy:
+# the kernels are bound by instructions, so the sweep, not a model, picks.
+SWEEP = {
+    "rne": [Tile(16, 256, 4), Tile(16, 512, 8), Tile(16, 512, 4), Tile(16, 128, 2), Tile(32, 256, 8), Tile(16, 256, 8)],
+    "sr": [Tile(16, 128, 4), Tile(16, 256, 4), Tile(16, 512, 8), Tile(16, 64, 2), Tile(32, 128, 8), Tile(16, 128, 8)],
+    "two_d": [Tile(16, 512, 4), Tile(16, 256, 4), Tile(16, 512, 8), Tile(16, 128, 2), Tile(16, 1024, 8)],
+    "rht": [Tile(64, 64, 8), Tile(128, 64, 8), Tile(64, 128, 8), Tile(128, 64, 4), Tile(64, 64, 4), Tile(128, 128, 8)],
+    "rht_sr": [Tile(64, 64, 8), Tile(128, 64, 8), Tile(64, 128, 8), Tile(128, 64, 4), Tile(64, 64, 4)],
+    "amax": [Tile(32, 256, 4), Tile(64, 256, 8), Tile(32, 512, 8), Tile(16, 512, 4)],
+    "rht_amax": [Tile(64, 64, 8), Tile(64, 64, 4), Tile(128, 64, 4), Tile(128, 64, 8)],
+    "rht_transpose": [Tile(64, 64, 4), Tile(64, 128, 4), Tile(128, 64, 4), Tile(64, 64, 8), Tile(128, 128, 8),
+                      Tile(32, 128, 4), Tile(64, 256, 8)],
+}
+
+
+def fused_rht(fn):
+    """``fn`` with the RHT inside the quantize kernel (``NVFP4_COMPILE_FUSED_RHT=1``)."""
+    def run(*args):
+        os.environ["NVFP4_COMPILE_FUSED_RHT"] = "1"
+        try:
+            return fn(*args)
+        finally:
+            del os.environ["NVFP4_COMPILE_FUSED_RHT"]
+    return run
 # (quantize_k=32, 4 warps) made an illegal memory access on an H100 with Triton 3.6 (not understood;
 # the same tile with 8 warps runs and is tested): not in the sweep, and PairTiles refuses it.
 PAIR_SWEEP = [PairTiles(), PairTiles(128, 4, 64, 4), PairTiles(256, 8, 64, 16)]
@@ -41,19 +65,24 @@ def main(argv=None):
     clone = median_ms(lambda: x.clone())
     gbytes = 2 * n * n * 2 / 1e9
     cases = {"x.clone() (read+write)": lambda: x.clone()}
-    kernels = {
-        "1x16 RNE": lambda t: quantize_nvfp4(x, 1, "rne", tiles=t),
-        "1x16 SR": lambda t: quantize_nvfp4(x, 1, "sr", tiles=t),
-        "16x16 RNE (2D weight)": lambda t: quantize_nvfp4(x, 16, "rne", tiles=t),
-        "X^T RHT 1x16 RNE (wgrad)": lambda t: quantize_nvfp4(x.t(), 1, "rne", rht=True, tiles=t),
-        "dY^T RHT 1x16 SR (wgrad)": lambda t: quantize_nvfp4(x.t(), 1, "sr", rht=True, tiles=t),
+    kernels = {  # name: (call, the tile fields it uses)
+        "1x16 RNE": (lambda t: quantize_nvfp4(x, 1, "rne", tiles=t), ("rne", "amax")),
+        "1x16 SR": (lambda t: quantize_nvfp4(x, 1, "sr", tiles=t), ("sr",)),
+        "16x16 RNE (2D weight)": (lambda t: quantize_nvfp4(x, 16, "rne", tiles=t), ("two_d",)),
+        "X^T RHT 1x16 RNE (wgrad)": (lambda t: quantize_nvfp4(x.t(), 1, "rne", rht=True, tiles=t),
+                                     ("rht_transpose", "rne")),
+        "dY^T RHT 1x16 SR (wgrad)": (lambda t: quantize_nvfp4(x.t(), 1, "sr", rht=True, tiles=t), ("sr",)),
+        "X^T RHT 1x16 RNE (wgrad), RHT in the quantize kernel": (
+            fused_rht(lambda t: quantize_nvfp4(x.t(), 1, "rne", rht=True, tiles=t)), ("rht", "rht_amax")),
+        "dY^T RHT 1x16 SR (wgrad), RHT in the quantize kernel": (
+            fused_rht(lambda t: quantize_nvfp4(x.t(), 1, "sr", rht=True, tiles=t)), ("rht_sr",)),
     }
-    for name, fn in kernels.items():
-        for tiles in SWEEP if args.sweep else [QuantizeTiles()]:
-            label = f"triton {name}" + (f" amax {tiles.amax_rows}x{tiles.amax_k}w{tiles.amax_warps} q "
-                                        f"{tiles.quantize_rows}x{tiles.quantize_k}w{tiles.quantize_warps}"
-                                        if args.sweep else "")
-            cases[label] = (lambda f, t: lambda: f(t))(fn, tiles)
+    for name, (fn, fields) in kernels.items():
+        variants = [("", QuantizeTiles())]
+        if args.sweep:
+            variants += [(f" {f}={tuple(tile)}", QuantizeTiles(**{f: tile})) for f in fields for tile in SWEEP[f][1:]]
+        for suffix, tiles in variants:
+            cases[f"triton {name}{suffix}"] = (lambda f, t: lambda: f(t))(fn, tiles)
     # Both quantizations of X (fprop rowwise RNE, wgrad X^T with the RHT) and of dY (both SR):
     # one single-pass kernel against the two quantize kernels it replaces.
     pairs = {"X pair: 1x16 RNE + X^T RHT RNE": ("rne", "rne"), "dY pair: 1x16 SR + dY^T RHT SR": ("sr", "sr")}

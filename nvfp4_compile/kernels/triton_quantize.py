@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from typing import NamedTuple
 
 import torch
 import triton
@@ -29,18 +30,23 @@ from ..hadamard import DEFAULT_RHT_SIGNS
 FP32_MAX = tl.constexpr(3.4028234663852886e38)
 
 
+# Triton's CPU interpreter: its BF16 dot is not exact and its BF16 cast truncates, so there the RHT
+# products run in FP32 and the rounding to BF16 is done on the bits.
+_INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
+
+
 @triton.jit
 def _round_to_bf16(f):
     """fp32 -> the nearest BF16 value (ties to even), kept in fp32; NaN stays NaN."""
-    bits = f.to(tl.int32, bitcast=True)
-    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) & -65536).to(tl.float32, bitcast=True)
-    return tl.where(f == f, rounded, f)
+    if _INTERPRETED:
+        bits = f.to(tl.int32, bitcast=True)
+        rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) & -65536).to(tl.float32, bitcast=True)
+        return tl.where(f == f, rounded, f)
+    return f.to(tl.bfloat16).to(tl.float32)  # cvt.rn: one instruction for two values
 
 
 # Bit i set where the RHT's sign vector has -1 at row i (``hadamard.DEFAULT_RHT_SIGNS``).
 _RHT_NEGATIVE_ROWS = tl.constexpr(sum(1 << i for i, sign in enumerate(DEFAULT_RHT_SIGNS) if sign < 0))
-# Triton's CPU interpreter: its BF16 dot is not exact, so the RHT products run in FP32 there.
-_RHT_IN_FP32 = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
 
 
 @triton.jit
@@ -53,7 +59,7 @@ def _rht_matrix():
     both = i & j
     negative = ((both ^ (both >> 1) ^ (both >> 2) ^ (both >> 3)) & 1) ^ ((_RHT_NEGATIVE_ROWS >> i) & 1)
     h = tl.where(negative == 1, -0.25, 0.25)
-    if _RHT_IN_FP32:
+    if _INTERPRETED:
         return h
     return h.to(tl.bfloat16)
 
@@ -70,7 +76,7 @@ def _rht_tile(x, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     (see ``quantize_nvfp4``)."""
     h = _rht_matrix()
     runs = tl.reshape(x, (BLOCK_R * (BLOCK_K // 16), 16))
-    if _RHT_IN_FP32:
+    if _INTERPRETED:
         y = tl.dot(runs.to(tl.float32), h, input_precision="ieee")
     else:
         y = tl.dot(runs.to(tl.bfloat16), h)
@@ -165,7 +171,7 @@ def _e2m1_rne(v):
     a = tl.minimum(tl.abs(v), 6.0)
     below_one = (a + 6291456.0).to(tl.int32, bitcast=True) - 0x4AC00000
     b = a.to(tl.int32, bitcast=True)
-    from_one = ((b + 0x1FFFFF + ((b >> 22) & 1)) >> 22) - 252
+    from_one = (b + (0x1FFFFF - (252 << 22)) + ((b >> 22) & 1)) >> 22  # rebias by 252 before the shift
     code = tl.where(a < 1.0, below_one, from_one)
     return code | tl.where(v < 0, 8, 0)
 
@@ -263,7 +269,7 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, amax_bits_ptr, s_dec_ptr, see
         tl.store(s_dec_ptr, s_dec)
 
 
-RHT_TILE = 64  # K-extent of a tile when the RHT is fused: blockdiag(H) is RHT_TILE x RHT_TILE
+RHT_TILE = 64  # K-extent (tokens) of the RHT tiles of the pair and dequantize kernels
 
 
 @functools.lru_cache(maxsize=None)
@@ -274,24 +280,36 @@ def _programs(device) -> int:
     return 4 * torch.cuda.get_device_properties(device).multi_processor_count
 
 
+class Tile(NamedTuple):
+    """One kernel's tile: ``rows x k`` elements per program, and its warps."""
+    rows: int
+    k: int
+    warps: int
+
+
 @dataclasses.dataclass(frozen=True)
 class QuantizeTiles:
-    """Tile shapes of the quantize kernels (rows x K elements per program) and their warps.
+    """The tile of each quantize kernel (and of the two amax passes).
 
     The defaults are the fastest of ``bench/kernels.py --sweep`` on an H100 for each kernel
-    (bench/RESULTS.md). 2D scaling takes 16 rows a program (one row of 16x16 tiles), SR its
-    own tile (Philox is the costly part there), the fused RHT 64x64 tiles with
-    ``quantize_warps``."""
-    amax_rows: int = 32
-    amax_k: int = 256
-    amax_warps: int = 4
-    quantize_rows: int = 16
-    quantize_k: int = 512
-    quantize_warps: int = 8
-    two_d_k: int = 64
-    two_d_warps: int = 1
-    sr_k: int = 128
-    sr_warps: int = 4
+    (bench/RESULTS.md). 2D scaling takes 16 rows a program (one row of 16x16 tiles)."""
+    amax: Tile = Tile(32, 256, 4)
+    rht_amax: Tile = Tile(64, 64, 8)
+    rne: Tile = Tile(16, 256, 4)
+    sr: Tile = Tile(16, 128, 4)
+    two_d: Tile = Tile(16, 512, 4)
+    rht: Tile = Tile(64, 64, 8)
+    rht_sr: Tile = Tile(64, 64, 8)
+    rht_transpose: Tile = Tile(64, 64, 4)  # rows: tokens, k: features (``triton_rht_transpose``)
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            rows, k, warps = getattr(self, field.name)
+            if not all(n > 0 and n & (n - 1) == 0 for n in (rows, k, warps)) or k % 16:
+                raise ValueError(f"QuantizeTiles.{field.name}: rows, k and warps must be powers of two, "
+                                 f"k a multiple of 16; got {getattr(self, field.name)}")
+        if self.two_d.rows != 16:
+            raise ValueError(f"QuantizeTiles.two_d: a 2D tile has 16 rows (one row of 16x16 blocks); got {self.two_d}")
 
 
 DEFAULT_TILES = QuantizeTiles()
@@ -303,9 +321,18 @@ def is_transposed(x: torch.Tensor) -> bool:
 
 
 def quantize_nvfp4(x: torch.Tensor, block_rows: int = 1, rounding: str = "rne", rht: bool = False,
-                   seed: torch.Tensor | None = None, tiles: QuantizeTiles = DEFAULT_TILES):
+                   seed: torch.Tensor | None = None, tiles: QuantizeTiles = DEFAULT_TILES,
+                   amax_bits: torch.Tensor | None = None):
     """``x [R, K]`` (any strides, K a multiple of 16; R a multiple of 16 for 2D) ->
-    (codes uint8 [R, K/2], scale bits uint8 [R, K/16], S_dec fp32 0-dim)."""
+    (codes uint8 [R, K/2], scale bits uint8 [R, K/16], S_dec fp32 0-dim).
+
+    ``amax_bits``: the finite amax of ``x`` (after the RHT where it applies) as FP32 bits in an
+    int32 0-dim device tensor, when the caller has it; the amax pass is then skipped.
+
+    The RHT of a transposed BF16 view (X^T and dY^T for wgrad) takes two passes: ``rht_transpose``
+    reads ``x`` in its own order, transforms, folds the amax and writes the result transposed in
+    BF16; the rowwise kernel quantizes that. Fewer instructions than transforming twice (amax,
+    then quantize) on transposed reads; ``NVFP4_COMPILE_FUSED_RHT=1`` keeps the one-kernel way."""
     R, K = x.shape
     if K % 16 or (block_rows == 16 and R % 16):
         raise ValueError(f"quantize_nvfp4: shape {tuple(x.shape)} does not tile into blocks of {block_rows}x16")
@@ -313,9 +340,17 @@ def quantize_nvfp4(x: torch.Tensor, block_rows: int = 1, rounding: str = "rne", 
         from ..hadamard import rht as reference_rht
 
         x, rht = reference_rht(x.to(torch.float32)).to(torch.bfloat16), False
+    if (rht and amax_bits is None and is_transposed(x) and R and K
+            and os.environ.get("NVFP4_COMPILE_FUSED_RHT") != "1"):
+        from .triton_rht_transpose import rht_transpose
+
+        y, y_amax = rht_transpose(x.t(), *tiles.rht_transpose)
+        return quantize_nvfp4(y, block_rows, rounding, False, seed, tiles, y_amax)
     codes = torch.empty((R, K // 2), dtype=torch.uint8, device=x.device)
     scales = torch.empty((R, K // 16), dtype=torch.uint8, device=x.device)
-    amax_bits = torch.zeros((), dtype=torch.int32, device=x.device)
+    given_amax = amax_bits is not None
+    if not given_amax:
+        amax_bits = torch.zeros((), dtype=torch.int32, device=x.device)
     s_dec = torch.empty((), dtype=torch.float32, device=x.device)
     if rounding == "sr" and seed is None:
         seed = torch.randint(0, 2**31 - 1, (), device=x.device, dtype=torch.int64).to(torch.int32)
@@ -327,24 +362,24 @@ def quantize_nvfp4(x: torch.Tensor, block_rows: int = 1, rounding: str = "rne", 
     transposed = is_transposed(x)
     # Without the RHT the amax does not depend on the orientation: read memory in its order.
     src = x.t() if transposed and not rht else x
-    ar, ak = tiles.amax_rows, tiles.amax_k
-    if rht:
-        ar, ak = max(ar, RHT_TILE), RHT_TILE
+    ar, ak, amax_warps = tiles.rht_amax if rht else tiles.amax
     tiles_k = triton.cdiv(src.shape[1], ak)
     n_tiles = triton.cdiv(src.shape[0], ar) * tiles_k
     programs = min(n_tiles, _programs(x.device))
-    _amax_kernel[(programs,)](
-        src, amax_bits, src.shape[0], src.shape[1], src.stride(0), src.stride(1), tiles_k, programs, triton.cdiv(n_tiles, programs), RHT=rht,
-        TRANSPOSED=transposed and rht, BLOCK_R=ar, BLOCK_K=ak, num_warps=tiles.amax_warps)
-    qr, qk, warps = tiles.quantize_rows, tiles.quantize_k, tiles.quantize_warps
+    if not given_amax:
+        _amax_kernel[(programs,)](
+            src, amax_bits, src.shape[0], src.shape[1], src.stride(0), src.stride(1), tiles_k, programs,
+            triton.cdiv(n_tiles, programs), RHT=rht, TRANSPOSED=transposed and rht, BLOCK_R=ar, BLOCK_K=ak,
+            num_warps=amax_warps)
+    sr = rounding == "sr"
     if block_rows == 16:
-        qr, qk, warps = 16, tiles.two_d_k, tiles.two_d_warps
-    elif rounding == "sr" and not rht:
-        qk, warps = tiles.sr_k, tiles.sr_warps
-    if rht:
-        qr, qk, warps = max(qr, RHT_TILE), RHT_TILE, tiles.quantize_warps
+        qr, qk, warps = tiles.two_d
+    elif rht:
+        qr, qk, warps = tiles.rht_sr if sr else tiles.rht
+    else:
+        qr, qk, warps = tiles.sr if sr else tiles.rne
     _quantize_kernel[(triton.cdiv(R, qr), triton.cdiv(K, qk))](
         x, codes, scales, amax_bits, s_dec, seed, R, K, x.stride(0), x.stride(1),
-        codes.stride(0), scales.stride(0), RHT=rht, TWO_D=block_rows == 16, SR=rounding == "sr",
+        codes.stride(0), scales.stride(0), RHT=rht, TWO_D=block_rows == 16, SR=sr,
         TRANSPOSED=transposed, BLOCK_R=qr, BLOCK_K=qk, num_warps=warps)
     return codes, scales, s_dec

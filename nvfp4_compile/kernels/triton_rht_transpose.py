@@ -1,0 +1,63 @@
+"""Triton kernel: the RHT of ``x^T`` along its rows (the token dimension of ``x``), written out
+transposed in BF16, with its finite amax; the wgrad operand's first pass.
+
+``x [T, F]`` (tokens x features, row-major) is read in its own order: each ``[BLOCK_T,
+BLOCK_F]`` tile is transformed run by run, ``H^T @ x[16 r : 16 r + 16, :]``, as one batched
+tensor-core product (``[BLOCK_T / 16, 16, 16] x [BLOCK_T / 16, 16, BLOCK_F]``), so that nothing
+is transposed before the product and a NaN or Inf stays in its own run (where it makes every
+output non-finite, as in the reference). The result is rounded to BF16 (the contract's RHT
+output), folded into an integer atomic max (non-negative floats order like their bits) and
+stored as ``y [F, T]``: the rowwise 1x16 quantize kernel then reads it in its own order with
+the amax given, so the RHT'd operand costs one read of ``x``, one write and one read of ``y``
+instead of two transposed reads with the transform computed twice.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .triton_quantize import _INTERPRETED, _finite_abs, _programs, _rht_matrix, _round_to_bf16
+
+
+@triton.jit
+def _rht_transpose_kernel(x_ptr, y_ptr, amax_bits_ptr, T, F, stride_t, stride_f, y_stride, tiles_f, n_programs,
+                          tiles_per_program, BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr):
+    RUNS: tl.constexpr = BLOCK_T // 16
+    ht = tl.broadcast_to(tl.trans(_rht_matrix())[None, :, :], (RUNS, 16, 16))
+    acc = tl.zeros((BLOCK_T, BLOCK_F), dtype=tl.float32)
+    for i in range(0, tiles_per_program):
+        tile = tl.program_id(0) + i * n_programs  # past the last tile: rows >= T, all masked
+        tokens = (tile // tiles_f) * BLOCK_T + tl.arange(0, BLOCK_T)
+        features = (tile % tiles_f) * BLOCK_F + tl.arange(0, BLOCK_F)
+        mask = (tokens[:, None] < T) & (features[None, :] < F)
+        x = tl.load(x_ptr + tokens[:, None] * stride_t + features[None, :] * stride_f, mask=mask, other=0.0)
+        runs = tl.reshape(x, (RUNS, 16, BLOCK_F))
+        if _INTERPRETED:
+            y = tl.dot(ht, runs.to(tl.float32), input_precision="ieee")
+        else:
+            y = tl.dot(ht, runs)
+        y = tl.reshape(_round_to_bf16(y), (BLOCK_T, BLOCK_F))
+        acc = tl.maximum(acc, _finite_abs(y))
+        tl.store(y_ptr + features[None, :] * y_stride + tokens[:, None], y.to(tl.bfloat16), mask=mask)
+    tl.atomic_max(amax_bits_ptr, tl.max(tl.max(acc, axis=1), axis=0).to(tl.int32, bitcast=True))
+
+
+def rht_transpose(x: torch.Tensor, block_t: int = 64, block_f: int = 64, num_warps: int = 4):
+    """``x [T, F]`` BF16 (any strides, T a multiple of 16) -> (``RHT(x^T)`` as ``[F, T]`` BF16,
+    contiguous; its finite amax as FP32 bits in an int32 0-dim tensor)."""
+    T, F = x.shape
+    if x.dtype != torch.bfloat16 or T % 16:
+        raise ValueError(f"rht_transpose: needs BF16 with a multiple of 16 tokens; got {x.dtype} {tuple(x.shape)}")
+    y = torch.empty((F, T), dtype=torch.bfloat16, device=x.device)
+    amax_bits = torch.zeros((), dtype=torch.int32, device=x.device)
+    if T == 0 or F == 0:
+        return y, amax_bits
+    tiles_f = triton.cdiv(F, block_f)
+    n_tiles = triton.cdiv(T, block_t) * tiles_f
+    programs = min(n_tiles, _programs(x.device))
+    _rht_transpose_kernel[(programs,)](x, y, amax_bits, T, F, x.stride(0), x.stride(1), y.stride(0), tiles_f,
+                                       programs, triton.cdiv(n_tiles, programs), BLOCK_T=block_t, BLOCK_F=block_f,
+                                       num_warps=num_warps)
+    return y, amax_bits
