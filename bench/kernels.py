@@ -23,6 +23,7 @@ import nvfp4_compile as nc  # noqa: E402
 from nvfp4_compile import ops  # noqa: E402
 from nvfp4_compile.kernels.triton_quantize import QuantizeTiles, Tile, quantize_nvfp4  # noqa: E402
 from nvfp4_compile.kernels.triton_quantize_pair import PairTiles, quantize_pair_nvfp4  # noqa: E402
+from nvfp4_compile.kernels.triton_rht_transpose import quantize_pair_rht  # noqa: E402
 
 # Candidate tiles (rows, k, warps) for each kernel; --sweep times each kernel with each of its own
 # candidates, the other kernels at their defaults. Per-thread work against registers and occupancy:
@@ -91,8 +92,10 @@ def main(argv=None):
             label = f"triton {name}, one pass" + (f" amax k{tiles.amax_k}w{tiles.amax_warps} q k{tiles.quantize_k}"
                                                   f"w{tiles.quantize_warps}" if args.sweep_pair else "")
             cases[label] = (lambda r, rt, t: lambda: quantize_pair_nvfp4(x, r, rt, True, tiles=t))(r, rt, tiles)
-        cases[f"triton {name}, two kernels"] = (lambda r, rt: lambda: (quantize_nvfp4(x, 1, r),
-                                                                     quantize_nvfp4(x.t(), 1, rt, rht=True)))(r, rt)
+        cases[f"triton {name}, two quantize calls"] = (lambda r, rt: lambda: (quantize_nvfp4(x, 1, r),
+                                                                            quantize_nvfp4(x.t(), 1, rt, rht=True)))(r, rt)
+        cases[f"triton {name}, rht_transpose + 2 rowwise (default)"] = (
+            lambda r, rt: lambda: quantize_pair_rht(x, r, rt))(r, rt)
     from nvfp4_compile.kernels.triton_transpose import transpose_2d_nvfp4
 
     w_codes, w_scales, _ = quantize_nvfp4(x, 16, "rne")

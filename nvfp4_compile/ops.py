@@ -174,16 +174,21 @@ def _(x, format, block_rows, rounding, check, rht=False):
 
 @quantize_pair.register_kernel("cuda")
 def _(x, format, rounding, rounding_t, rht_t, check):
-    # Two quantize kernels by default: the single-pass kernel (triton_quantize_pair, one read of x
-    # for both) is bit-identical but measured no faster on an H100 (X: 0.740 vs 0.738 ms, dY with
-    # SR: 1.33 vs 1.22 ms at 8192^2; bench/RESULTS.md): it is instruction-bound, not memory-bound.
-    # NVFP4_COMPILE_PAIR_KERNEL=1 selects it (not with a check label, MXFP4, or FP16/FP32 + RHT).
-    single_pass = (format == "nvfp4" and not check and (x.dtype == torch.bfloat16 or not rht_t)
-                   and os.environ.get("NVFP4_COMPILE_PAIR_KERNEL") == "1" and _fast_path_available(x.device))
-    if single_pass:
+    fast = format == "nvfp4" and not check and _fast_path_available(x.device)
+    # NVFP4_COMPILE_PAIR_KERNEL=1: one single-pass kernel for both (triton_quantize_pair): bit-identical
+    # but slower on an H100 (bench/RESULTS.md): transposing and transforming a tile on chip costs
+    # more instructions than the second read of x saves (not with FP16/FP32 + RHT).
+    if fast and (x.dtype == torch.bfloat16 or not rht_t) and os.environ.get("NVFP4_COMPILE_PAIR_KERNEL") == "1":
         from .kernels.triton_quantize_pair import quantize_pair_nvfp4
 
         return quantize_pair_nvfp4(x, rounding, rounding_t, rht_t)
+    # The default with the RHT: one pass reads x for both amaxes and writes RHT(x^T) in BF16, then
+    # the rowwise kernel quantizes x and that (NVFP4_COMPILE_FUSED_RHT=1: the RHT inside the kernel).
+    if (fast and rht_t and x.dtype == torch.bfloat16 and x.shape[0] % 16 == 0 and x.shape[1] % 16 == 0
+            and x.numel() and os.environ.get("NVFP4_COMPILE_FUSED_RHT") != "1"):
+        from .kernels.triton_rht_transpose import quantize_pair_rht
+
+        return quantize_pair_rht(x, rounding, rounding_t)
     quantize_cuda = torch.ops.nvfp4.quantize.default
     return (*quantize_cuda(x, format, 1, rounding, check), *quantize_cuda(x.t(), format, 1, rounding_t, check, rht_t))
 

@@ -18,21 +18,25 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_quantize import _INTERPRETED, _finite_abs, _programs, _rht_matrix, _round_to_bf16
+from .triton_quantize import (DEFAULT_TILES, _INTERPRETED, QuantizeTiles, _finite_abs, _programs, _rht_matrix,
+                              _round_to_bf16, quantize_nvfp4)
 
 
 @triton.jit
 def _rht_transpose_kernel(x_ptr, y_ptr, amax_bits_ptr, T, F, stride_t, stride_f, y_stride, tiles_f, n_programs,
-                          tiles_per_program, BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr):
+                          tiles_per_program, X_AMAX: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr):
     RUNS: tl.constexpr = BLOCK_T // 16
     ht = tl.broadcast_to(tl.trans(_rht_matrix())[None, :, :], (RUNS, 16, 16))
     acc = tl.zeros((BLOCK_T, BLOCK_F), dtype=tl.float32)
+    acc_x = tl.zeros((BLOCK_T, BLOCK_F), dtype=tl.float32)
     for i in range(0, tiles_per_program):
         tile = tl.program_id(0) + i * n_programs  # past the last tile: rows >= T, all masked
         tokens = (tile // tiles_f) * BLOCK_T + tl.arange(0, BLOCK_T)
         features = (tile % tiles_f) * BLOCK_F + tl.arange(0, BLOCK_F)
         mask = (tokens[:, None] < T) & (features[None, :] < F)
         x = tl.load(x_ptr + tokens[:, None] * stride_t + features[None, :] * stride_f, mask=mask, other=0.0)
+        if X_AMAX:  # the amax of x itself, for its rowwise quantization: no second read of x
+            acc_x = tl.maximum(acc_x, _finite_abs(x.to(tl.float32)))
         runs = tl.reshape(x, (RUNS, 16, BLOCK_F))
         if _INTERPRETED:
             y = tl.dot(ht, runs.to(tl.float32), input_precision="ieee")
@@ -42,22 +46,38 @@ def _rht_transpose_kernel(x_ptr, y_ptr, amax_bits_ptr, T, F, stride_t, stride_f,
         acc = tl.maximum(acc, _finite_abs(y))
         tl.store(y_ptr + features[None, :] * y_stride + tokens[:, None], y.to(tl.bfloat16), mask=mask)
     tl.atomic_max(amax_bits_ptr, tl.max(tl.max(acc, axis=1), axis=0).to(tl.int32, bitcast=True))
+    if X_AMAX:
+        tl.atomic_max(amax_bits_ptr + 1, tl.max(tl.max(acc_x, axis=1), axis=0).to(tl.int32, bitcast=True))
 
 
-def rht_transpose(x: torch.Tensor, block_t: int = 64, block_f: int = 64, num_warps: int = 4):
+def rht_transpose(x: torch.Tensor, block_t: int = 64, block_f: int = 64, num_warps: int = 4, x_amax: bool = False):
     """``x [T, F]`` BF16 (any strides, T a multiple of 16) -> (``RHT(x^T)`` as ``[F, T]`` BF16,
-    contiguous; its finite amax as FP32 bits in an int32 0-dim tensor)."""
+    contiguous; the finite amax of that as FP32 bits in an int32 0-dim tensor, and with
+    ``x_amax`` a second one, the finite amax of ``x``)."""
     T, F = x.shape
     if x.dtype != torch.bfloat16 or T % 16:
         raise ValueError(f"rht_transpose: needs BF16 with a multiple of 16 tokens; got {x.dtype} {tuple(x.shape)}")
     y = torch.empty((F, T), dtype=torch.bfloat16, device=x.device)
-    amax_bits = torch.zeros((), dtype=torch.int32, device=x.device)
+    amax_bits = torch.zeros((2 if x_amax else 1,), dtype=torch.int32, device=x.device)
+    amaxes = tuple(amax_bits[i] for i in range(amax_bits.numel()))
     if T == 0 or F == 0:
-        return y, amax_bits
+        return (y, *amaxes)
     tiles_f = triton.cdiv(F, block_f)
     n_tiles = triton.cdiv(T, block_t) * tiles_f
     programs = min(n_tiles, _programs(x.device))
     _rht_transpose_kernel[(programs,)](x, y, amax_bits, T, F, x.stride(0), x.stride(1), y.stride(0), tiles_f,
-                                       programs, triton.cdiv(n_tiles, programs), BLOCK_T=block_t, BLOCK_F=block_f,
-                                       num_warps=num_warps)
-    return y, amax_bits
+                                       programs, triton.cdiv(n_tiles, programs), X_AMAX=x_amax, BLOCK_T=block_t,
+                                       BLOCK_F=block_f, num_warps=num_warps)
+    return (y, *amaxes)
+
+
+def quantize_pair_rht(x: torch.Tensor, rounding: str = "rne", rounding_t: str = "rne",
+                      tiles: QuantizeTiles = DEFAULT_TILES):
+    """Both quantizations of ``x [T, F]`` (BF16, T and F multiples of 16): rowwise 1x16 along F,
+    and ``RHT(x^T)`` 1x16 along T; the six outputs of ``nvfp4::quantize_pair``.
+
+    Three passes: ``rht_transpose`` (one read of x: both amaxes and ``RHT(x^T)`` in BF16), then
+    the rowwise kernel on x and on that, each with its amax given (no amax pass of its own)."""
+    y, y_amax, x_amax = rht_transpose(x, *tiles.rht_transpose, x_amax=True)
+    return (*quantize_nvfp4(x, 1, rounding, tiles=tiles, amax_bits=x_amax),
+            *quantize_nvfp4(y, 1, rounding_t, tiles=tiles, amax_bits=y_amax))
