@@ -31,30 +31,34 @@ SWEEP = [GemmTiles(128, 256, 64, 8, 8, 3), GemmTiles(128, 256, 64, 8, 8, 4), Gem
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 4096, 8192])
+    parser.add_argument("--shapes", nargs="+", default=[], metavar="MxNxK",
+                        help="M x N x K problems (a 1B model's linears: 8192x8192x2048 ...) instead of --sizes")
     parser.add_argument("--sweep", action="store_true")
     args = parser.parse_args(argv)
     rows = []
-    for n in args.sizes:
-        a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-        b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    problems = [tuple(map(int, s.split("x"))) for s in args.shapes] or [(n, n, n) for n in args.sizes]
+    for m, n, k in problems:
+        a = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        b = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
         qa, qb = nc.quantize(a), nc.quantize(b, block=(16, 16))
         ops = (qa.codes, qa.scales.view(torch.uint8), qa.global_scale, qb.codes, qb.scales.view(torch.uint8),
                qb.global_scale, None, torch.bfloat16)
         bf16 = median_ms(lambda: torch.mm(a, b.t()))
-        tflop = 2 * n ** 3 / 1e12
-        rows.append([n, "bf16 torch.mm", "", bf16, 1.0, tflop / (bf16 / 1e3)])
-        for strategy in ("cublas", "triton", "fused"):
-            configs = SWEEP if args.sweep and strategy != "cublas" else [DEFAULT_TILES]
+        tflop = 2 * m * n * k / 1e12
+        size = f"{m}x{n}x{k}"
+        rows.append([size, "bf16 torch.mm", "", bf16, 1.0, tflop / (bf16 / 1e3)])
+        for strategy in ("cublaslt", "cublas", "triton", "fused"):
+            configs = SWEEP if args.sweep and strategy not in ("cublas", "cublaslt") else [DEFAULT_TILES]
             for tiles in configs:
                 try:
                     ms = median_ms(lambda: emulated_gemm(*ops, strategy=strategy, tiles=tiles))
                 except Exception as err:  # a tile shape that does not fit shared memory
                     print(f"{strategy} {tiles}: {type(err).__name__}: {str(err)[:200]}")
                     continue
-                label = "" if strategy == "cublas" else f"{tiles.block_m}x{tiles.block_n}x{tiles.block_k} " \
+                label = "" if strategy in ("cublas", "cublaslt") else f"{tiles.block_m}x{tiles.block_n}x{tiles.block_k} " \
                     f"w{tiles.num_warps} s{tiles.num_stages}"
-                rows.append([n, strategy, label, ms, ms / bf16, tflop / (ms / 1e3)])
-    report("Emulated NVFP4 GEMM (BF16 out) vs BF16 mm, M=N=K", ["size", "kernel", "tiles", "ms", "x bf16",
+                rows.append([size, strategy, label, ms, ms / bf16, tflop / (ms / 1e3)])
+    report("Emulated NVFP4 GEMM (BF16 out) vs BF16 mm", ["MxNxK", "kernel", "tiles", "ms", "x bf16",
                                                                  "TFLOP/s"], rows, "gemm", {})
 
 

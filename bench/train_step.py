@@ -59,7 +59,17 @@ class GPT(nn.Module):
         return self.lm_head(self.norm(x))
 
 
-def run(name: str, config: dict, steps: int, device: str) -> dict:
+def profile(name: str, step, rows: int = 30) -> None:
+    """GPU time by kernel over two steps (torch.profiler), largest first."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(2):
+            step()
+        torch.cuda.synchronize()
+    print(f"{name}: GPU time by kernel over 2 steps")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=70))
+
+
+def run(name: str, config: dict, steps: int, device: str, profile_steps: bool = False) -> dict:
     backend, _, mode = name.partition(":")
     torch._dynamo.reset()
     if device == "cuda":
@@ -87,6 +97,8 @@ def run(name: str, config: dict, steps: int, device: str) -> dict:
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
+    if profile_steps and device == "cuda":
+        profile(name, step)
     params = sum(p.numel() for p in model.parameters())
     print(f"{name}: {steps * batch * seq / elapsed:.0f} tokens/s, peak {peak:.2f} GiB, loss {loss:.4f}", flush=True)
     return {"tokens_per_s": steps * batch * seq / elapsed, "peak_gib": peak, "loss": loss, "params": params}
@@ -96,6 +108,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--profile", action="store_true", help="print each run's GPU time by kernel")
     parser.add_argument("--runs", nargs="+", default=["inductor", "nvfp4"],
                         help="backend[:mode] to run; the first is the baseline of the ratios")
     args = parser.parse_args(argv)
@@ -104,7 +117,7 @@ def main(argv=None):
         config = {"model": dict(vocab=256, dim=64, depth=4, heads=4), "batch": 2, "seq": 64}
     else:  # ~1.1B parameters: 24 blocks of width 2048 with a 32k vocabulary
         config = {"model": dict(vocab=32768, dim=2048, depth=24, heads=16), "batch": 4, "seq": 2048}
-    results = {name: run(name, config, args.steps, device) for name in args.runs}
+    results = {name: run(name, config, args.steps, device, args.profile) for name in args.runs}
     base = results[args.runs[0]]
     rows = [[name, r["params"] / 1e6, r["tokens_per_s"], r["peak_gib"], r["loss"],
              r["tokens_per_s"] / base["tokens_per_s"], r["peak_gib"] / base["peak_gib"]]

@@ -207,7 +207,7 @@ def test_triton_sr_is_unbiased_and_fresh():
 
 
 @gpu
-@pytest.mark.parametrize("strategy", ["cublas", "triton", "fused"])
+@pytest.mark.parametrize("strategy", ["cublaslt", "cublas", "triton", "fused"])
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("shape", [(256, 384, 512), (200, 136, 80)])  # (M, N, K); the second leaves partial tiles
 def test_emulated_gemm_matches_the_reference(strategy, out_dtype, shape):
@@ -228,6 +228,34 @@ def test_emulated_gemm_matches_the_reference(strategy, out_dtype, shape):
         # FP32 sums in another order, then (for BF16) one rounding of the output.
         tol = 2 ** -8 if out_dtype == torch.bfloat16 else 1e-5
         assert ((c.float() - ref).abs() <= tol * ref.abs() + 1e-4 * ref.abs().max()).all()
+
+
+@gpu
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
+def test_cublaslt_gemm_runs_and_rounds_once(out_dtype, caplog):
+    """The default GEMM is cuBLASLt with alpha read on the device (no fallback at these shapes),
+    and equals alpha * (an FP32 product) + bias rounded once: against cuBLAS's FP32 product and
+    the same epilogue, the two differ only by the order of the FP32 sums."""
+    from nvfp4_compile.kernels import triton_gemm
+    from nvfp4_compile.kernels.triton_dequant import dequantize_to_bf16
+
+    m, n, k = 512, 768, 1024
+    qa, qb = nc.quantize(torch.randn(m, k)), nc.quantize(torch.randn(n, k) * 3)
+    a = dequantize_to_bf16(qa.codes.cuda(), qa.scales.view(torch.uint8).cuda())
+    b = dequantize_to_bf16(qb.codes.cuda(), qb.scales.view(torch.uint8).cuda())
+    sa, sb = qa.global_scale.cuda(), qb.global_scale.cuda()
+    bias = torch.randn(n, device="cuda").to(out_dtype)
+    for with_bias in (None, bias):
+        got = triton_gemm._cublaslt_gemm(a, b, sa, sb, with_bias, out_dtype)
+        assert got is not None and got.dtype == out_dtype and "cuBLASLt not used" not in caplog.text
+        want = torch.mm(a, b.t(), out_dtype=torch.float32) * (sa * sb)
+        if with_bias is not None:
+            want = want + with_bias.float()
+        tol = 2 ** -8 if out_dtype == torch.bfloat16 else 1e-5
+        assert ((got.float() - want).abs() <= tol * want.abs() + 1e-5 * want.abs().max()).all()
+        # One rounding: every BF16 output is the rounding of an FP32 value within the sums' noise.
+        if out_dtype == torch.bfloat16:
+            assert (got.float() == want.to(torch.bfloat16).float()).float().mean() > 0.95
 
 
 @gpu

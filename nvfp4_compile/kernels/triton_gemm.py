@@ -5,8 +5,12 @@ scale) is exact in BF16, so a BF16 tensor-core product with FP32 accumulation ov
 values, scaled once by ``alpha = S_dec^A * S_dec^B``, computes the block-scaled FP4 product up
 to the order of the FP32 sums. Three ways to run it, all with the same single rounding:
 
-- ``"cublas"``: dequantize both operands to BF16 (``triton_dequant``), cuBLAS ``mm`` with an
-  FP32 output, then one Triton pass ``alpha * acc (+ bias) -> out_dtype``.
+- ``"cublaslt"`` (the default): dequantize both operands to BF16 (``triton_dequant``), then one
+  cuBLASLt GEMM that reads alpha from device memory and applies it and the bias in its FP32
+  epilogue before rounding to ``out_dtype`` (``cublaslt.py``). Where cuBLASLt refuses the
+  problem (or cannot be loaded), the call logs why and takes ``"cublas"``.
+- ``"cublas"``: dequantize both operands to BF16, cuBLAS ``mm`` with an FP32 output, then one
+  Triton pass ``alpha * acc (+ bias) -> out_dtype``.
 - ``"triton"``: dequantize both operands to BF16, then a Triton tensor-core GEMM whose
   epilogue applies alpha and bias: no FP32 output in memory.
 - ``"fused"``: a Triton GEMM that reads the packed codes and E4M3 scales and dequantizes
@@ -20,6 +24,7 @@ records the choice.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 
 import torch
@@ -27,6 +32,8 @@ import triton
 import triton.language as tl
 
 from .triton_dequant import _fp4_tile, dequantize_to_bf16
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,9 +47,40 @@ class GemmTiles:
 
 
 DEFAULT_TILES = GemmTiles()
-STRATEGIES = ("cublas", "triton", "fused")
-#: ``NVFP4_COMPILE_GEMM=cublas|triton|fused`` overrides the measured choice.
-DEFAULT_STRATEGY = os.environ.get("NVFP4_COMPILE_GEMM", "cublas")
+STRATEGIES = ("cublaslt", "cublas", "triton", "fused")
+#: ``NVFP4_COMPILE_GEMM=cublaslt|cublas|triton|fused`` overrides the measured choice.
+DEFAULT_STRATEGY = os.environ.get("NVFP4_COMPILE_GEMM", "cublaslt")
+
+
+@triton.jit
+def _alpha_beta_kernel(a_scale_ptr, b_scale_ptr, out_ptr):
+    """``[S_dec^A * S_dec^B, 0.0]``: cuBLASLt's alpha and beta, read through device pointers."""
+    tl.store(out_ptr, tl.load(a_scale_ptr) * tl.load(b_scale_ptr))
+    tl.store(out_ptr + 1, 0.0)
+
+
+_refusals_logged: set = set()
+
+
+def _cublaslt_gemm(a, b, a_scale, b_scale, bias, out_dtype):
+    """The cuBLASLt GEMM, or None (logged once per reason) where it does not apply."""
+    from . import cublaslt
+
+    if not cublaslt.supported(a, b, out_dtype, bias):
+        reason = "operands or bias it does not take (dtype, alignment, K or N not a multiple of 8)"
+    else:
+        alpha_beta = torch.empty(2, dtype=torch.float32, device=a.device)
+        _alpha_beta_kernel[(1,)](a_scale, b_scale, alpha_beta)
+        try:
+            return cublaslt.matmul(a, b, alpha_beta, bias, out_dtype)
+        except cublaslt.CublasLtError as err:
+            reason = str(err)
+    key = reason.split(" for M=")[0]
+    if key not in _refusals_logged:
+        _refusals_logged.add(key)
+        log.warning("nvfp4 GEMM: cuBLASLt not used (%s; M=%d N=%d K=%d); taking cuBLAS with an FP32 output "
+                    "and a separate epilogue", reason, a.shape[0], b.shape[0], a.shape[1])
+    return None
 
 
 @triton.jit
@@ -112,9 +150,13 @@ def emulated_gemm(a_codes, a_scale_bits, a_scale, b_codes, b_scale_bits, b_scale
     if K == 0:  # an empty sum: the bias (or zero), rounded once
         return out.copy_(bias.expand(M, N)) if bias is not None else out.zero_()
     bias_arg = bias.contiguous() if bias is not None else a_scale  # unread without HAS_BIAS
-    if strategy == "cublas":
-        acc = torch.mm(dequantize_to_bf16(a_codes, a_scale_bits), dequantize_to_bf16(b_codes, b_scale_bits).t(),
-                       out_dtype=torch.float32)
+    if strategy in ("cublaslt", "cublas"):
+        a, b = dequantize_to_bf16(a_codes, a_scale_bits), dequantize_to_bf16(b_codes, b_scale_bits)
+        if strategy == "cublaslt":
+            out_lt = _cublaslt_gemm(a, b, a_scale, b_scale, bias, out_dtype)
+            if out_lt is not None:
+                return out_lt
+        acc = torch.mm(a, b.t(), out_dtype=torch.float32)
         grid = (triton.cdiv(M, 32), triton.cdiv(N, 256))
         _epilogue_kernel[grid](acc, a_scale, b_scale, bias_arg, out, M, N, HAS_BIAS=bias is not None,
                                BLOCK_M=32, BLOCK_N=256, num_warps=8)
