@@ -60,13 +60,20 @@ class GPT(nn.Module):
 
 
 def profile(name: str, step, rows: int = 30) -> None:
-    """GPU time by kernel over two steps (torch.profiler), largest first."""
+    """GPU time by kernel over two steps (torch.profiler), largest first, and the GPU's busy time
+    per step against the wall time per step (the difference is the GPU waiting for the host)."""
+    torch.cuda.synchronize()
+    start = time.perf_counter()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(2):
             step()
         torch.cuda.synchronize()
+    wall = (time.perf_counter() - start) / 2 * 1e3
+    events = prof.key_averages()
+    busy = sum(e.self_device_time_total for e in events) / 2 / 1e3
     print(f"{name}: GPU time by kernel over 2 steps")
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=70))
+    print(events.table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=70))
+    print(f"{name}: GPU kernels {busy:.1f} ms per step, wall {wall:.1f} ms per step (profiled)")
 
 
 def run(name: str, config: dict, steps: int, device: str, profile_steps: bool = False) -> dict:

@@ -232,7 +232,7 @@ def test_emulated_gemm_matches_the_reference(strategy, out_dtype, shape):
 
 @gpu
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
-def test_cublaslt_gemm_runs_and_rounds_once(out_dtype, caplog):
+def test_cublaslt_gemm_runs_and_rounds_once(out_dtype):
     """The default GEMM is cuBLASLt with alpha read on the device (no fallback at these shapes),
     and equals alpha * (an FP32 product) + bias rounded once: against cuBLAS's FP32 product and
     the same epilogue, the two differ only by the order of the FP32 sums."""
@@ -241,13 +241,15 @@ def test_cublaslt_gemm_runs_and_rounds_once(out_dtype, caplog):
 
     m, n, k = 512, 768, 1024
     qa, qb = nc.quantize(torch.randn(m, k)), nc.quantize(torch.randn(n, k) * 3)
-    a = dequantize_to_bf16(qa.codes.cuda(), qa.scales.view(torch.uint8).cuda())
-    b = dequantize_to_bf16(qb.codes.cuda(), qb.scales.view(torch.uint8).cuda())
     sa, sb = qa.global_scale.cuda(), qb.global_scale.cuda()
+    alpha_beta = torch.full((2,), float("nan"), device="cuda")
+    a = dequantize_to_bf16(qa.codes.cuda(), qa.scales.view(torch.uint8).cuda())
+    b = dequantize_to_bf16(qb.codes.cuda(), qb.scales.view(torch.uint8).cuda(), alpha_of=(sa, sb, alpha_beta))
+    assert alpha_beta[0].item() == (sa * sb).item() and alpha_beta[1].item() == 0.0
     bias = torch.randn(n, device="cuda").to(out_dtype)
     for with_bias in (None, bias):
-        got = triton_gemm._cublaslt_gemm(a, b, sa, sb, with_bias, out_dtype)
-        assert got is not None and got.dtype == out_dtype and "cuBLASLt not used" not in caplog.text
+        got = triton_gemm._cublaslt_gemm(a, b, alpha_beta, with_bias, out_dtype)
+        assert got is not None and got.dtype == out_dtype  # None: refused, and the FP32 path would run
         want = torch.mm(a, b.t(), out_dtype=torch.float32) * (sa * sb)
         if with_bias is not None:
             want = want + with_bias.float()

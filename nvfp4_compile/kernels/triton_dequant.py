@@ -41,20 +41,30 @@ def _fp4_tile(codes_ptr, scales_ptr, rows, k0, R, K, BLOCK_R: tl.constexpr, BLOC
 
 
 @triton.jit
-def _dequant_kernel(codes_ptr, scales_ptr, out_ptr, R, K, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+def _dequant_kernel(codes_ptr, scales_ptr, out_ptr, R, K, a_scale_ptr, b_scale_ptr, alpha_beta_ptr,
+                    ALPHA: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     k0 = tl.program_id(1) * BLOCK_K
     out = _fp4_tile(codes_ptr, scales_ptr, rows, k0, R, K, BLOCK_R, BLOCK_K)
     cols = k0 + tl.arange(0, BLOCK_K)
     tl.store(out_ptr + rows[:, None].to(tl.int64) * K + cols[None, :], out, mask=(rows[:, None] < R) & (cols[None, :] < K))
+    if ALPHA and tl.program_id(0) == 0 and tl.program_id(1) == 0:
+        tl.store(alpha_beta_ptr, tl.load(a_scale_ptr) * tl.load(b_scale_ptr))
+        tl.store(alpha_beta_ptr + 1, 0.0)
 
 
-def dequantize_to_bf16(codes: torch.Tensor, scale_bits: torch.Tensor) -> torch.Tensor:
+def dequantize_to_bf16(codes: torch.Tensor, scale_bits: torch.Tensor, alpha_of=None) -> torch.Tensor:
+    """``q * s_dec_b`` as BF16. ``alpha_of=(a_scale, b_scale, alpha_beta)``: the same launch also
+    writes ``[a_scale * b_scale, 0.0]`` (FP32) into ``alpha_beta``, the GEMM's alpha and beta."""
     R, K = codes.shape[0], codes.shape[1] * 2
     out = torch.empty((R, K), dtype=torch.bfloat16, device=codes.device)
+    a_scale, b_scale, alpha_beta = alpha_of if alpha_of is not None else (out, out, out)
     if R and K:
         grid = (triton.cdiv(R, 32), triton.cdiv(K, 256))
-        _dequant_kernel[grid](codes.contiguous(), scale_bits.contiguous(), out, R, K, BLOCK_R=32, BLOCK_K=256, num_warps=8)
+        _dequant_kernel[grid](codes.contiguous(), scale_bits.contiguous(), out, R, K, a_scale, b_scale, alpha_beta,
+                              ALPHA=alpha_of is not None, BLOCK_R=32, BLOCK_K=256, num_warps=8)
+    elif alpha_of is not None:
+        torch.stack([a_scale * b_scale, torch.zeros_like(a_scale)], out=alpha_beta)
     return out
 
 

@@ -52,25 +52,17 @@ STRATEGIES = ("cublaslt", "cublas", "triton", "fused")
 DEFAULT_STRATEGY = os.environ.get("NVFP4_COMPILE_GEMM", "cublaslt")
 
 
-@triton.jit
-def _alpha_beta_kernel(a_scale_ptr, b_scale_ptr, out_ptr):
-    """``[S_dec^A * S_dec^B, 0.0]``: cuBLASLt's alpha and beta, read through device pointers."""
-    tl.store(out_ptr, tl.load(a_scale_ptr) * tl.load(b_scale_ptr))
-    tl.store(out_ptr + 1, 0.0)
-
-
 _refusals_logged: set = set()
 
 
-def _cublaslt_gemm(a, b, a_scale, b_scale, bias, out_dtype):
-    """The cuBLASLt GEMM, or None (logged once per reason) where it does not apply."""
+def _cublaslt_gemm(a, b, alpha_beta, bias, out_dtype):
+    """The cuBLASLt GEMM (``alpha_beta``: FP32 ``[alpha, 0]`` on the device), or None (logged once
+    per reason) where it does not apply."""
     from . import cublaslt
 
     if not cublaslt.supported(a, b, out_dtype, bias):
         reason = "operands or bias it does not take (dtype, alignment, K or N not a multiple of 8)"
     else:
-        alpha_beta = torch.empty(2, dtype=torch.float32, device=a.device)
-        _alpha_beta_kernel[(1,)](a_scale, b_scale, alpha_beta)
         try:
             return cublaslt.matmul(a, b, alpha_beta, bias, out_dtype)
         except cublaslt.CublasLtError as err:
@@ -151,9 +143,11 @@ def emulated_gemm(a_codes, a_scale_bits, a_scale, b_codes, b_scale_bits, b_scale
         return out.copy_(bias.expand(M, N)) if bias is not None else out.zero_()
     bias_arg = bias.contiguous() if bias is not None else a_scale  # unread without HAS_BIAS
     if strategy in ("cublaslt", "cublas"):
-        a, b = dequantize_to_bf16(a_codes, a_scale_bits), dequantize_to_bf16(b_codes, b_scale_bits)
+        alpha_beta = torch.empty(2, dtype=torch.float32, device=a_codes.device)
+        a = dequantize_to_bf16(a_codes, a_scale_bits)
+        b = dequantize_to_bf16(b_codes, b_scale_bits, alpha_of=(a_scale, b_scale, alpha_beta))
         if strategy == "cublaslt":
-            out_lt = _cublaslt_gemm(a, b, a_scale, b_scale, bias, out_dtype)
+            out_lt = _cublaslt_gemm(a, b, alpha_beta, bias, out_dtype)
             if out_lt is not None:
                 return out_lt
         acc = torch.mm(a, b.t(), out_dtype=torch.float32)
