@@ -353,7 +353,7 @@ def quantize_nvfp4(x: torch.Tensor, block_rows: int = 1, rounding: str = "rne", 
         amax_bits = torch.zeros((), dtype=torch.int32, device=x.device)
     s_dec = torch.empty((), dtype=torch.float32, device=x.device)
     if rounding == "sr" and seed is None:
-        seed = torch.randint(0, 2**31 - 1, (), device=x.device, dtype=torch.int64).to(torch.int32)
+        seed = torch.randint(0, 2**31 - 1, (), device=x.device, dtype=torch.int32)
     if seed is None:
         seed = amax_bits  # unused
     if not (R and K):

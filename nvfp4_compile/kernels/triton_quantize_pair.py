@@ -122,7 +122,7 @@ def quantize_pair_nvfp4(x: torch.Tensor, rounding: str = "rne", rounding_t: str 
     amax_bits = torch.zeros((2,), dtype=torch.int32, device=dev)
     if seeds is None:
         if "sr" in (rounding, rounding_t):
-            seeds = torch.randint(0, 2**31 - 1, (2,), device=dev, dtype=torch.int64).to(torch.int32)
+            seeds = torch.randint(0, 2**31 - 1, (2,), device=dev, dtype=torch.int32)
         else:
             seeds = amax_bits  # unused
     br = RHT_TILE
