@@ -89,6 +89,17 @@ for rht in (False, True):
             and ((sr & 7) - (rne & 7)).abs().max() <= 1 and not torch.equal(again, codes)
             and bias.abs().mean() < 0.3 * err_rne.abs().mean()):
         bad.append(("sr", rht))
+from nvfp4_compile.kernels.triton_dequant import dequantize_to_bf16
+for shape in [(48, 272), (32, 512)]:  # a partial tile of rows and of columns, and a whole one
+    x = torch.randn(*shape) * torch.logspace(-3, 3, shape[1])
+    x[5, 17] = float("nan")
+    q = nc.quantize(x)
+    q.codes[0, :4] = 0x88  # -0.0 codes
+    want = nc.numerics.block_scaled_values(q)
+    got = dequantize_to_bf16(q.codes, q.scales.view(torch.uint8)).float()
+    if not (torch.equal(got.isnan(), want.isnan()) and torch.equal(got.nan_to_num().view(torch.int32),
+                                                                    want.nan_to_num().view(torch.int32))):
+        bad.append(("dequantize_to_bf16", shape))
 from nvfp4_compile.kernels.triton_rht_transpose import rht_transpose
 for shape in [(80, 200), (64, 48)]:  # partial tiles of tokens and of features
     x = (torch.randn(*shape) * torch.logspace(-3, 3, shape[1])).bfloat16()

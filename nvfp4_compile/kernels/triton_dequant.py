@@ -41,13 +41,30 @@ def _fp4_tile(codes_ptr, scales_ptr, rows, k0, R, K, BLOCK_R: tl.constexpr, BLOC
 
 
 @triton.jit
+def _e2m1_fp32_bits(code):
+    """E2M1 code (int32, sign in bit 3) -> the FP32 bits of its value (code 8 -> -0.0), on integers:
+    codes 2..7 are ``2^(e - 1) * (1 + m / 2)``, i.e. the code shifted into FP32's exponent and top
+    mantissa bit and rebased; code 1 is 0.5 and code 0 is 0."""
+    c = code & 7
+    magnitude = tl.where(c >= 2, (c << 22) + 0x3F000000, c * 0x3F000000)
+    return magnitude | ((code & 8) << 28)
+
+
+@triton.jit
 def _dequant_kernel(codes_ptr, scales_ptr, out_ptr, R, K, a_scale_ptr, b_scale_ptr, alpha_beta_ptr,
                     ALPHA: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    k0 = tl.program_id(1) * BLOCK_K
-    out = _fp4_tile(codes_ptr, scales_ptr, rows, k0, R, K, BLOCK_R, BLOCK_K)
-    cols = k0 + tl.arange(0, BLOCK_K)
-    tl.store(out_ptr + rows[:, None].to(tl.int64) * K + cols[None, :], out, mask=(rows[:, None] < R) & (cols[None, :] < K))
+    # [BLOCK_R, blocks, 16] from the load to the store: no layout conversion between them.
+    NB: tl.constexpr = BLOCK_K // 16
+    rows = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R))[:, None, None]
+    blocks = (tl.program_id(1) * NB + tl.arange(0, NB))[None, :, None]
+    inside = (rows < R) & (blocks < K // 16)
+    packed = tl.load(codes_ptr + rows.to(tl.int64) * (K // 2) + blocks * 8 + tl.arange(0, 8)[None, None, :],
+                     mask=inside, other=0).to(tl.int32)
+    values = tl.reshape(tl.join(_e2m1_fp32_bits(packed & 15), _e2m1_fp32_bits(packed >> 4)),
+                        (BLOCK_R, NB, 16)).to(tl.float32, bitcast=True)
+    bits = tl.load(scales_ptr + rows.to(tl.int64) * (K // 16) + blocks, mask=inside, other=0).to(tl.int32)
+    out = (values * _e4m3_value(bits)).to(tl.bfloat16)  # exact: 2 x 4 significant bits
+    tl.store(out_ptr + rows.to(tl.int64) * K + blocks * 16 + tl.arange(0, 16)[None, None, :], out, mask=inside)
     if ALPHA and tl.program_id(0) == 0 and tl.program_id(1) == 0:
         tl.store(alpha_beta_ptr, tl.load(a_scale_ptr) * tl.load(b_scale_ptr))
         tl.store(alpha_beta_ptr + 1, 0.0)
