@@ -68,7 +68,7 @@ def _loaded_library_path() -> str | None:
 @functools.lru_cache(maxsize=None)
 def _library():
     torch.cuda.init()
-    torch.empty(1, device="cuda") @ torch.empty(1, 1, device="cuda").squeeze(0)  # loads cuBLAS(Lt)
+    torch.mm(torch.zeros(8, 8, device="cuda"), torch.zeros(8, 8, device="cuda"))  # cuBLAS(Lt) loaded
     names = [p for p in (_loaded_library_path(),) if p] + ["libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so"]
     lib, errors = None, []
     for name in names:
@@ -90,16 +90,24 @@ def _library():
     lib.cublasLtMatmulAlgoGetHeuristic.argtypes = [vp, vp, vp, vp, vp, vp, vp, ctypes.c_int,
                                                    ctypes.POINTER(_HeuristicResult), ctypes.POINTER(ctypes.c_int)]
     lib.cublasLtMatmul.argtypes = [vp, vp, vp, vp, vp, vp, vp, vp, vp, vp, vp, vp, vp, vp, sz, vp]
-    handle = vp()
-    _check(lib.cublasLtCreate(ctypes.byref(handle)), "cublasLtCreate")
-    return lib, handle
+    return lib
+
+
+@functools.lru_cache(maxsize=None)
+def _handle(device: int):
+    """One cuBLASLt handle per device, created with that device current."""
+    lib = _library()
+    handle = ctypes.c_void_p()
+    with torch.cuda.device(device):
+        _check(lib.cublasLtCreate(ctypes.byref(handle)), "cublasLtCreate")
+    return handle
 
 
 class _Plan:
     """Descriptors and algorithm for one (M, N, K, out dtype, bias) on one device."""
 
-    def __init__(self, m: int, n: int, k: int, out_dtype: torch.dtype, bias_dtype: torch.dtype | None):
-        lib, handle = _library()
+    def __init__(self, m: int, n: int, k: int, out_dtype: torch.dtype, bias_dtype: torch.dtype | None, device: int):
+        lib, handle = _library(), _handle(device)
         self.lock = threading.Lock()
         self.desc = ctypes.c_void_p()
         _check(lib.cublasLtMatmulDescCreate(ctypes.byref(self.desc), _COMPUTE_32F, _DATA_TYPE[torch.float32]),
@@ -135,7 +143,7 @@ class _Plan:
 @functools.lru_cache(maxsize=256)
 def _plan(m: int, n: int, k: int, out_dtype: torch.dtype, bias_dtype: torch.dtype | None, device: int) -> _Plan:
     with torch.cuda.device(device):
-        return _Plan(m, n, k, out_dtype, bias_dtype)
+        return _Plan(m, n, k, out_dtype, bias_dtype, device)
 
 
 _workspaces: dict[int, torch.Tensor] = {}
@@ -168,10 +176,10 @@ def matmul(a: torch.Tensor, b: torch.Tensor, alpha_beta: torch.Tensor, bias: tor
     refuses the problem."""
     m, k = a.shape
     n = b.shape[0]
+    ws = _workspace(a.device)  # first: raises inside a capture before anything is allocated
     out = torch.empty((m, n), dtype=out_dtype, device=a.device)
-    lib, handle = _library()
+    lib, handle = _library(), _handle(a.device.index)
     plan = _plan(m, n, k, out_dtype, None if bias is None else bias.dtype, a.device.index)
-    ws = _workspace(a.device)
     stream = torch.cuda.current_stream(a.device).cuda_stream
     b_layout, a_layout, d_layout = plan.layouts
     with plan.lock:  # the bias pointer lives in the shared descriptor
