@@ -274,14 +274,20 @@ def quantize_2d_with_amax(x: torch.Tensor, amax: torch.Tensor) -> tuple[torch.Te
 
     Tiles are quantized independently given the tensor scale, so the rows of a shard come
     out exactly as in the quantization of the whole tensor when ``amax`` is the whole
-    tensor's. The amax is imposed by quantizing one extra tile that holds it; the op is the
-    backend's own ``nvfp4::quantize`` (the Triton kernel on CUDA, the reference elsewhere).
+    tensor's. On CUDA the Triton kernel is given the amax; elsewhere it is imposed by quantizing
+    one extra tile that holds it with the backend's own ``nvfp4::quantize`` (the reference).
     """
-    from . import ops  # noqa: F401  (registers nvfp4::quantize)
+    from . import ops  # registers nvfp4::quantize
 
     rows, k = x.shape
     if rows % TILE or k % TILE:
         raise ValueError(f"a 2D-quantized weight shard must tile into {TILE}x{TILE}, got {tuple(x.shape)}")
+    if ops._fast_path_available(x.device):  # the Triton kernel takes the amax: no copy, no amax pass
+        from .kernels.triton_quantize import quantize_nvfp4
+
+        amax_bits = amax.to(device=x.device, dtype=torch.float32).reshape(()).contiguous().view(torch.int32)
+        codes, scale_bits, s_dec = quantize_nvfp4(x, TILE, "rne", amax_bits=amax_bits)
+        return codes, scale_bits[::TILE].contiguous(), s_dec
     pin = torch.zeros((TILE, k), dtype=x.dtype, device=x.device)
     pin[0, 0] = amax.to(x.dtype)
     codes, scale_bits, s_dec = torch.ops.nvfp4.quantize(torch.cat([x, pin]), "nvfp4", TILE, "rne", "")

@@ -447,6 +447,21 @@ def test_kernels_match_the_reference_at_training_shapes(shape):
 
 @gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_shard_quantization_with_a_given_amax_equals_the_reference(dtype):
+    """FSDP2's pre-all-gather: on CUDA the kernel is given the whole weight's amax (no pinned
+    tile, no amax pass); codes, tile scales and S_dec equal the CPU reference's bit for bit."""
+    from nvfp4_compile import distributed as ncd
+
+    torch.manual_seed(0)
+    shard = (torch.randn(256, 384) * torch.logspace(-3, 1, 384)).to(dtype)
+    for amax in (ncd.local_amax(shard), ncd.local_amax(shard) * 4):  # its own, and a larger whole-weight amax
+        want = ncd.quantize_2d_with_amax(shard, amax)
+        got = ncd.quantize_2d_with_amax(shard.cuda(), amax.cuda())
+        assert all(torch.equal(g.cpu(), w) for g, w in zip(got, want))
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_exact_dequantize_kernel_equals_the_reference(dtype):
     """The FSDP2 NVFP4 all-gather's dequantization: one Triton pass, bit for bit (NaN tiles stay
     NaN, zero signs kept, the amax pinned)."""
