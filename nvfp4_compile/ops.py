@@ -154,9 +154,9 @@ def _(a_codes, a_scale_bits, a_scale, b_codes, b_scale_bits, b_scale, bias, form
 # Set NVFP4_COMPILE_REFERENCE_KERNELS=1 to run the reference implementations on CUDA too.
 
 # The CUDA kernels are registered on the dispatcher's CUDA key directly rather than through
-# ``custom_op.register_kernel``, whose Python wrapper (per-call aliasing checks, a dynamo guard)
-# cost about as much host time per call as the kernels' own launches: measured ~0.6 ms a call
-# under cProfile on an H100 host, with a linear layer's step bound by host time below 8192.
+# ``custom_op.register_kernel``, which adds a Python wrapper to every call (an aliasing check, a
+# dynamo guard). Host time matters here: without CUDA graphs a linear layer below 8192 is bound
+# by it (on an H100, 2048: 3.75 -> 3.59 ms per fwd+bwd with this change; bench/RESULTS.md).
 _CUDA_IMPLS = torch.library.Library("nvfp4", "IMPL")
 
 
