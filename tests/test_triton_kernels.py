@@ -154,6 +154,35 @@ print("mismatches:", bad)
     assert "mismatches: []" in result.stdout
 
 
+def sass_tools_usable():
+    """Triton with its bundled ptxas and nvdisasm (compiling for sm_90 needs no GPU)."""
+    if not triton_available():
+        return False
+    import triton
+
+    return (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm").exists()
+
+
+@pytest.mark.skipif(not sass_tools_usable(), reason="needs Triton with its CUDA tools (compiles for sm_90, no GPU)")
+def test_quantize_kernels_compile_to_few_instructions_without_conversions():
+    """The rowwise quantize kernels are bound by instructions on Hopper: compiled for sm_90, the
+    E2M1 rounding has no float-to-integer conversion per value (a quarter-rate instruction), and
+    the instructions per value stay near the rewrite's 34 (RNE) and 54 (SR): the kernels before
+    it compiled to 57 and 108, a layout that computed each value in two threads among the causes."""
+    sys.path.insert(0, str(ROOT))
+    from bench.kernel_instructions import QUANTIZE_ARGS, sass_ops
+    from nvfp4_compile.kernels import triton_quantize
+
+    tiles = triton_quantize.QuantizeTiles()
+    for sr, (rows, k, warps) in ((False, tiles.rne), (True, tiles.sr)):
+        flags = dict(RHT=False, TWO_D=False, SR=sr, TRANSPOSED=False, stride_k=1, BLOCK_R=rows, BLOCK_K=k)
+        ops = sass_ops(triton_quantize._quantize_kernel, QUANTIZE_ARGS, flags, warps)
+        per_thread = rows * k / (32 * warps)
+        conversions = sum(op.startswith(("F2I", "I2F")) for op in ops)
+        assert conversions <= per_thread / 4, (sr, conversions, per_thread)  # per block or per program only
+        assert len(ops) / per_thread < (45 if not sr else 65), (sr, len(ops) / per_thread)
+
+
 gpu = pytest.mark.gpu
 
 
