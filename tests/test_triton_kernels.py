@@ -289,7 +289,7 @@ def test_cublaslt_gemm_runs_and_rounds_once(out_dtype):
     assert alpha_beta[0].item() == (sa * sb).item() and alpha_beta[1].item() == 0.0
     bias = torch.randn(n, device="cuda").to(out_dtype)
     for with_bias in (None, bias):
-        got = triton_gemm._cublaslt_gemm(a, b, alpha_beta, with_bias, out_dtype)
+        got = triton_gemm._cublaslt_gemm(a, b, alpha_beta, with_bias, torch.empty(m, n, dtype=out_dtype, device="cuda"))
         assert got is not None and got.dtype == out_dtype  # None: refused, and the FP32 path would run
         want = torch.mm(a, b.t(), out_dtype=torch.float32) * (sa * sb)
         if with_bias is not None:

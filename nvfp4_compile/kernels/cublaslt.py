@@ -170,14 +170,13 @@ def supported(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype, bias: to
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor, alpha_beta: torch.Tensor, bias: torch.Tensor | None,
-           out_dtype: torch.dtype) -> torch.Tensor:
-    """``alpha * (a @ b.T) (+ bias)`` rounded once to ``out_dtype``; ``a [M, K]``, ``b [N, K]`` BF16,
-    ``alpha_beta``: FP32 ``[alpha, 0.0]`` on the device. Raises ``CublasLtError`` when cuBLASLt
-    refuses the problem."""
+           out: torch.Tensor) -> torch.Tensor:
+    """``out [M, N]`` (contiguous) = ``alpha * (a @ b.T) (+ bias)`` rounded once to ``out``'s dtype;
+    ``a [M, K]``, ``b [N, K]`` BF16, ``alpha_beta``: FP32 ``[alpha, 0.0]`` on the device. Raises
+    ``CublasLtError`` when cuBLASLt refuses the problem."""
     m, k = a.shape
-    n = b.shape[0]
+    n, out_dtype = b.shape[0], out.dtype
     ws = _workspace(a.device)  # first: raises inside a capture before anything is allocated
-    out = torch.empty((m, n), dtype=out_dtype, device=a.device)
     lib, handle = _library(), _handle(a.device.index)
     plan = _plan(m, n, k, out_dtype, None if bias is None else bias.dtype, a.device.index)
     stream = torch.cuda.current_stream(a.device).cuda_stream

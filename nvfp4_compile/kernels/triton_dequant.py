@@ -29,25 +29,13 @@ def _load_codes(codes_ptr, rows, k0, R, K, BLOCK_R: tl.constexpr, BLOCK_K: tl.co
 @triton.jit
 def _fp4_tile(codes_ptr, scales_ptr, rows, k0, R, K, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     """``[len(rows), BLOCK_K]`` BF16 values ``q * s_dec_b`` (exact) of a packed FP4 operand."""
-    pcols = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-    packed = tl.load(codes_ptr + rows[:, None].to(tl.int64) * (K // 2) + pcols[None, :],
-                     mask=(rows[:, None] < R) & (pcols[None, :] < K // 2), other=0).to(tl.int32)
-    values = tl.reshape(tl.join(_e2m1_value(packed & 15), _e2m1_value(packed >> 4)), (BLOCK_R, BLOCK_K // 16, 16))
+    values = tl.reshape(_e2m1_value(_load_codes(codes_ptr, rows, k0, R, K, BLOCK_R, BLOCK_K)),
+                        (BLOCK_R, BLOCK_K // 16, 16))
     scols = k0 // 16 + tl.arange(0, BLOCK_K // 16)
     bits = tl.load(scales_ptr + rows[:, None].to(tl.int64) * (K // 16) + scols[None, :],
                    mask=(rows[:, None] < R) & (scols[None, :] < K // 16), other=0).to(tl.int32)
     scaled = values * tl.reshape(_e4m3_value(bits), (BLOCK_R, BLOCK_K // 16, 1))
     return tl.reshape(scaled, (BLOCK_R, BLOCK_K)).to(tl.bfloat16)
-
-
-@triton.jit
-def _e2m1_fp32_bits(code):
-    """E2M1 code (int32, sign in bit 3) -> the FP32 bits of its value (code 8 -> -0.0), on integers:
-    codes 2..7 are ``2^(e - 1) * (1 + m / 2)``, i.e. the code shifted into FP32's exponent and top
-    mantissa bit and rebased; code 1 is 0.5 and code 0 is 0."""
-    c = code & 7
-    magnitude = tl.where(c >= 2, (c << 22) + 0x3F000000, c * 0x3F000000)
-    return magnitude | ((code & 8) << 28)
 
 
 @triton.jit
@@ -60,8 +48,7 @@ def _dequant_kernel(codes_ptr, scales_ptr, out_ptr, R, K, a_scale_ptr, b_scale_p
     inside = (rows < R) & (blocks < K // 16)
     packed = tl.load(codes_ptr + rows.to(tl.int64) * (K // 2) + blocks * 8 + tl.arange(0, 8)[None, None, :],
                      mask=inside, other=0).to(tl.int32)
-    values = tl.reshape(tl.join(_e2m1_fp32_bits(packed & 15), _e2m1_fp32_bits(packed >> 4)),
-                        (BLOCK_R, NB, 16)).to(tl.float32, bitcast=True)
+    values = tl.reshape(tl.join(_e2m1_value(packed & 15), _e2m1_value(packed >> 4)), (BLOCK_R, NB, 16))
     bits = tl.load(scales_ptr + rows.to(tl.int64) * (K // 16) + blocks, mask=inside, other=0).to(tl.int32)
     out = (values * _e4m3_value(bits)).to(tl.bfloat16)  # exact: 2 x 4 significant bits
     tl.store(out_ptr + rows.to(tl.int64) * K + blocks * 16 + tl.arange(0, 16)[None, None, :], out, mask=inside)

@@ -55,16 +55,16 @@ DEFAULT_STRATEGY = os.environ.get("NVFP4_COMPILE_GEMM", "cublaslt")
 _refusals_logged: set = set()
 
 
-def _cublaslt_gemm(a, b, alpha_beta, bias, out_dtype):
-    """The cuBLASLt GEMM (``alpha_beta``: FP32 ``[alpha, 0]`` on the device), or None (logged once
-    per reason) where it does not apply."""
+def _cublaslt_gemm(a, b, alpha_beta, bias, out):
+    """The cuBLASLt GEMM into ``out`` (``alpha_beta``: FP32 ``[alpha, 0]`` on the device), or None
+    (logged once per reason) where it does not apply."""
     from . import cublaslt
 
-    if not cublaslt.supported(a, b, out_dtype, bias):
+    if not cublaslt.supported(a, b, out.dtype, bias):
         reason = "operands or bias it does not take (dtype, alignment, K or N not a multiple of 8)"
     else:
         try:
-            return cublaslt.matmul(a, b, alpha_beta, bias, out_dtype)
+            return cublaslt.matmul(a, b, alpha_beta, bias, out)
         except cublaslt.CublasLtError as err:
             reason = str(err)
     key = reason.split(" for M=")[0]
@@ -143,13 +143,14 @@ def emulated_gemm(a_codes, a_scale_bits, a_scale, b_codes, b_scale_bits, b_scale
         return out.copy_(bias.expand(M, N)) if bias is not None else out.zero_()
     bias_arg = bias.contiguous() if bias is not None else a_scale  # unread without HAS_BIAS
     if strategy in ("cublaslt", "cublas"):
-        alpha_beta = torch.empty(2, dtype=torch.float32, device=a_codes.device)
         a = dequantize_to_bf16(a_codes, a_scale_bits)
-        b = dequantize_to_bf16(b_codes, b_scale_bits, alpha_of=(a_scale, b_scale, alpha_beta))
         if strategy == "cublaslt":
-            out_lt = _cublaslt_gemm(a, b, alpha_beta, bias, out_dtype)
-            if out_lt is not None:
-                return out_lt
+            alpha_beta = torch.empty(2, dtype=torch.float32, device=a_codes.device)
+            b = dequantize_to_bf16(b_codes, b_scale_bits, alpha_of=(a_scale, b_scale, alpha_beta))
+            if _cublaslt_gemm(a, b, alpha_beta, bias, out) is not None:
+                return out
+        else:
+            b = dequantize_to_bf16(b_codes, b_scale_bits)
         acc = torch.mm(a, b.t(), out_dtype=torch.float32)
         grid = (triton.cdiv(M, 32), triton.cdiv(N, 256))
         _epilogue_kernel[grid](acc, a_scale, b_scale, bias_arg, out, M, N, HAS_BIAS=bias is not None,

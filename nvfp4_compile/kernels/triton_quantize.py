@@ -154,9 +154,12 @@ def _e4m3_value(bits):
 
 @triton.jit
 def _e2m1_value(code):
+    """E2M1 code (int32, sign in bit 3) -> its FP32 value (code 8 -> -0.0), decoded on the bits:
+    codes 2..7 are ``2^(e - 1) * (1 + m / 2)``, i.e. the code shifted into FP32's exponent and top
+    mantissa bit and rebased; code 1 is 0.5 and code 0 is 0."""
     c = code & 7
-    mag = tl.where(c < 4, c.to(tl.float32) * 0.5, tl.where(c < 6, (c - 2).to(tl.float32), tl.where(c == 6, 4.0, 6.0)))
-    return tl.where((code & 8) != 0, mag * -1.0, mag)  # code 8 is -0.0 (Triton lowers -x to 0 - x, giving +0.0)
+    magnitude = tl.where(c >= 2, (c << 22) + 0x3F000000, c * 0x3F000000)
+    return (magnitude | ((code & 8) << 28)).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -360,13 +363,13 @@ def quantize_nvfp4(x: torch.Tensor, block_rows: int = 1, rounding: str = "rne", 
         s_dec.fill_(1.0)
         return codes, scales, s_dec
     transposed = is_transposed(x)
-    # Without the RHT the amax does not depend on the orientation: read memory in its order.
-    src = x.t() if transposed and not rht else x
-    ar, ak, amax_warps = tiles.rht_amax if rht else tiles.amax
-    tiles_k = triton.cdiv(src.shape[1], ak)
-    n_tiles = triton.cdiv(src.shape[0], ar) * tiles_k
-    programs = min(n_tiles, _programs(x.device))
     if not given_amax:
+        # Without the RHT the amax does not depend on the orientation: read memory in its order.
+        src = x.t() if transposed and not rht else x
+        ar, ak, amax_warps = tiles.rht_amax if rht else tiles.amax
+        tiles_k = triton.cdiv(src.shape[1], ak)
+        n_tiles = triton.cdiv(src.shape[0], ar) * tiles_k
+        programs = min(n_tiles, _programs(x.device))
         _amax_kernel[(programs,)](
             src, amax_bits, src.shape[0], src.shape[1], src.stride(0), src.stride(1), tiles_k, programs,
             triton.cdiv(n_tiles, programs), RHT=rht, TRANSPOSED=transposed and rht, BLOCK_R=ar, BLOCK_K=ak,
