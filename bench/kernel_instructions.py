@@ -56,11 +56,15 @@ def main():
                 ("16x16 RNE", dict(RHT=False, TWO_D=True, SR=False, TRANSPOSED=False), t.two_d),
                 ("X^T RHT RNE, RHT in the kernel", dict(RHT=True, TWO_D=False, SR=False, TRANSPOSED=True), t.rht),
                 ("dY^T RHT SR, RHT in the kernel", dict(RHT=True, TWO_D=False, SR=True, TRANSPOSED=True), t.rht_sr)]
+    quantize += [("1x16 RNE to BF16 values", dict(RHT=False, TWO_D=False, SR=False, TRANSPOSED=False, VALUES=True),
+                  t.rne),
+                 ("1x16 SR to BF16 values", dict(RHT=False, TWO_D=False, SR=True, TRANSPOSED=False, VALUES=True), t.sr)]
     rows = []
     for name, flags, (r, k, warps) in quantize:
         fixed = {"stride_r": 1} if flags["TRANSPOSED"] else {"stride_k": 1}
-        ops = sass_ops(triton_quantize._quantize_kernel, QUANTIZE_ARGS, {**flags, **fixed, "BLOCK_R": r, "BLOCK_K": k},
-                       warps)
+        values = flags.setdefault("VALUES", False)
+        args = {**QUANTIZE_ARGS, "codes_ptr": "*bf16"} if values else QUANTIZE_ARGS
+        ops = sass_ops(triton_quantize._quantize_kernel, args, {**flags, **fixed, "BLOCK_R": r, "BLOCK_K": k}, warps)
         rows.append((f"quantize {name}", ops, r * k / (32 * warps)))
     r, k, warps = t.rht_transpose
     ops = sass_ops(triton_rht_transpose._rht_transpose_kernel,

@@ -11,6 +11,7 @@ Targets: within 1.10x of BF16 at 8192, 1.25x at 4096.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -49,6 +50,9 @@ def main(argv=None):
                         help="emulated GEMM strategies to time (nvfp4_compile.kernels.triton_gemm)")
     parser.add_argument("--modes", nargs="+", default=["default"], choices=["default", "reduce-overhead"],
                         help="torch.compile modes, each timed for both backends")
+    parser.add_argument("--operands", nargs="+", default=["values"], choices=["values", "codes"],
+                        help="GEMM operands: BF16 values from the quantizers (the default) or dequantized "
+                             "FP4 codes (NVFP4_COMPILE_BF16_OPERANDS=0)")
     args = parser.parse_args(argv)
     rows = []
     for n in args.sizes:
@@ -57,14 +61,18 @@ def main(argv=None):
         tflops = 3 * 2 * n ** 3 / 1e12
         for mode in args.modes:
             bf16 = median_ms(step_fn(layer, x, "inductor", mode))
-            step = step_fn(layer, x, "nvfp4", mode)
-            for strategy in args.strategies:
-                triton_gemm.DEFAULT_STRATEGY = strategy  # read at every call of the GEMM op
-                nvfp4 = median_ms(step)
-                rows.append([n, mode, strategy, bf16, nvfp4, nvfp4 / bf16, tflops / (bf16 / 1e3),
-                             tflops / (nvfp4 / 1e3)])
-    report("Linear fwd+bwd, M=N=K, BF16 weights and inputs", ["size", "mode", "gemm", "bf16 ms", "nvfp4 ms",
-                                                              "nvfp4/bf16", "bf16 TFLOP/s", "nvfp4 TFLOP/s"],
+            for operands in args.operands:
+                os.environ["NVFP4_COMPILE_BF16_OPERANDS"] = "0" if operands == "codes" else ""
+                step = step_fn(layer, x, "nvfp4", mode)  # compiles now: the setting is read by the graph pass
+                step()
+                for strategy in args.strategies:
+                    triton_gemm.DEFAULT_STRATEGY = strategy  # read at every call of the GEMM op
+                    nvfp4 = median_ms(step)
+                    rows.append([n, mode, operands, strategy, bf16, nvfp4, nvfp4 / bf16, tflops / (bf16 / 1e3),
+                                 tflops / (nvfp4 / 1e3)])
+    report("Linear fwd+bwd, M=N=K, BF16 weights and inputs", ["size", "mode", "operands", "gemm", "bf16 ms",
+                                                              "nvfp4 ms", "nvfp4/bf16", "bf16 TFLOP/s",
+                                                              "nvfp4 TFLOP/s"],
            rows, "linear", {})
 
 

@@ -3,6 +3,7 @@
     python bench/train_step.py            # ~1B parameters, sequence 2048, BF16 weights, AdamW (GPU)
     python bench/train_step.py --tiny     # a few-layer model, to check the script on a CPU
     python bench/train_step.py --runs inductor nvfp4 nvfp4:reduce-overhead inductor:reduce-overhead
+    python bench/train_step.py --runs inductor nvfp4 nvfp4@plain-host nvfp4@codes   # each improvement off
 
 Reports tokens/s and peak memory of each run (a backend, and a torch.compile mode after a colon)
 and their ratios to the first run, the default Inductor backend.
@@ -12,6 +13,7 @@ Targets (issue 5): tokens/s at least 0.87x of Inductor, peak memory at most 0.80
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -77,7 +79,35 @@ def profile(name: str, step, rows: int = 30) -> None:
 
 
 def run(name: str, config: dict, steps: int, device: str, profile_steps: bool = False) -> dict:
-    backend, _, mode = name.partition(":")
+    """One run: ``backend[:mode][@variant,...]``. Variants turn off one improvement to measure it:
+    ``plain-host`` the host-time savings of the NVFP4 ops (cached Triton launches, the autograd
+    fallthrough), ``codes`` the BF16 operands written by the quantizers (every GEMM operand
+    dequantized from FP4 codes, ``NVFP4_COMPILE_BF16_OPERANDS=0``)."""
+    from nvfp4_compile import ops
+    from nvfp4_compile.kernels import launch
+
+    spec, _, variants = name.partition("@")
+    variants = set(filter(None, variants.split(",")))
+    if variants - {"plain-host", "codes"}:
+        raise SystemExit(f"unknown variant(s) {sorted(variants - {'plain-host', 'codes'})} in {name!r}")
+    launch.ENABLED = "plain-host" not in variants
+    ops.set_autograd_fallthrough("plain-host" not in variants)
+    previous = os.environ.get("NVFP4_COMPILE_BF16_OPERANDS")
+    if "codes" in variants:
+        os.environ["NVFP4_COMPILE_BF16_OPERANDS"] = "0"
+    try:
+        return _run(name, spec, config, steps, device, profile_steps)
+    finally:
+        launch.ENABLED = True
+        ops.set_autograd_fallthrough(True)
+        if previous is None:
+            os.environ.pop("NVFP4_COMPILE_BF16_OPERANDS", None)
+        else:
+            os.environ["NVFP4_COMPILE_BF16_OPERANDS"] = previous
+
+
+def _run(name: str, spec: str, config: dict, steps: int, device: str, profile_steps: bool) -> dict:
+    backend, _, mode = spec.partition(":")
     torch._dynamo.reset()
     if device == "cuda":
         torch.cuda.empty_cache()

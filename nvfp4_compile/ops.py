@@ -18,6 +18,7 @@ multiple of 16 need no fallback.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -150,6 +151,112 @@ def _(a_codes, a_scale_bits, a_scale, b_codes, b_scale_bits, b_scale, bias, form
     return a_codes.new_empty((a_codes.shape[0], b_codes.shape[0]), dtype=out_dtype)
 
 
+# -- BF16 operands (Hopper emulation) ------------------------------------------------------
+# An NVFP4 operand consumed by one GEMM, in the pass that quantizes it, need not exist as codes
+# in memory: the emulated GEMM multiplies the BF16 values ``q * s_dec_b`` (exact), so the
+# quantize kernel writes those directly and the dequantize pass is skipped
+# (``passes/bf16_operands.py``). These ops are that form; their references are the code-based
+# ops above, composed, so both forms agree bit for bit.
+
+
+def _values(codes, scale_bits, format: str) -> torch.Tensor:
+    if format != "nvfp4":
+        raise ValueError(f"BF16 operands are NVFP4 only (E8M0 scales overflow BF16); got {format!r}")
+    return block_scaled_values_bf16(codes, scale_bits)
+
+
+def block_scaled_values_bf16(codes: torch.Tensor, scale_bits: torch.Tensor) -> torch.Tensor:
+    """``q * s_dec_b`` of 1x16 NVFP4 codes as BF16 ``[rows, Kp]``: exact (2 x 4 significant bits)."""
+    from .numerics import block_scaled_values
+
+    return block_scaled_values(_as_tensor(codes, scale_bits, torch.ones(()), "nvfp4", 1)).to(torch.bfloat16)
+
+
+def reference_quantize_values(x: torch.Tensor, format: str, block_rows: int, rounding: str, check: str,
+                              rht: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``quantize`` followed by ``dequantize``: (``q * s_dec_b`` in BF16 ``[rows, Kp]``, S_dec)."""
+    codes, scale_bits, scale = reference_quantize(x, format, block_rows, rounding, check, rht)
+    return _values(codes, scale_bits, format), scale
+
+
+quantize_values = torch.library.custom_op("nvfp4::quantize_values", mutates_args=())(reference_quantize_values)
+
+
+@quantize_values.register_fake
+def _(x, format, block_rows, rounding, check, rht=False):
+    kp = padded_k(x.shape[1], BLOCK_SIZE[format])
+    return x.new_empty((x.shape[0], kp), dtype=torch.bfloat16), x.new_empty((), dtype=torch.float32)
+
+
+def _pair_outputs(pair: tuple, values: tuple[bool, bool], format: str) -> tuple:
+    out = []
+    for (codes, scale_bits, scale), as_values in zip((pair[:3], pair[3:]), values):
+        if as_values:
+            out.extend((_values(codes, scale_bits, format), codes.new_empty((0,)), scale))
+        else:
+            out.extend((codes, scale_bits, scale))
+    return tuple(out)
+
+
+def reference_quantize_pair_values(x: torch.Tensor, format: str, rounding: str, rounding_t: str, rht_t: bool,
+                                   check: str, rows_as_values: bool, cols_as_values: bool
+                                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                              torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``quantize_pair`` with either half as ``quantize_values`` returns it: (BF16 values, an empty
+    uint8 tensor where the scale bits were, S_dec)."""
+    pair = reference_quantize_pair(x, format, rounding, rounding_t, rht_t, check)
+    return _pair_outputs(pair, (rows_as_values, cols_as_values), format)
+
+
+quantize_pair_values = torch.library.custom_op("nvfp4::quantize_pair_values", mutates_args=())(
+    reference_quantize_pair_values)
+
+
+@quantize_pair_values.register_fake
+def _(x, format, rounding, rounding_t, rht_t, check, rows_as_values, cols_as_values):
+    out = []
+    for src, as_values in ((x, rows_as_values), (x.t(), cols_as_values)):
+        codes, scale_bits, scale = _quantize_fake(src, format, 1, "rne", check)
+        if as_values:
+            out.extend((src.new_empty((src.shape[0], codes.shape[1] * 2), dtype=torch.bfloat16),
+                        src.new_empty((0,), dtype=torch.uint8), scale))
+        else:
+            out.extend((codes, scale_bits, scale))
+    return tuple(out)
+
+
+def reference_dequantize(codes: torch.Tensor, scale_bits: torch.Tensor, format: str) -> torch.Tensor:
+    """``q * s_dec_b`` in BF16 (S_dec not applied: the GEMM applies it as alpha)."""
+    return _values(codes, scale_bits, format)
+
+
+dequantize = torch.library.custom_op("nvfp4::dequantize", mutates_args=())(reference_dequantize)
+
+
+@dequantize.register_fake
+def _(codes, scale_bits, format):
+    return codes.new_empty((codes.shape[0], codes.shape[1] * 2), dtype=torch.bfloat16)
+
+
+def reference_gemm_values(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor,
+                          bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+    """``gemm`` on BF16 operands ``a [M, Kp]``, ``b [N, Kp]`` holding ``q * s_dec_b``: the same
+    arithmetic (exact products, an FP32 sum, alpha and bias in FP32, one rounding)."""
+    from .gemm import _epilogue
+
+    acc = (a.to(torch.float64) @ b.to(torch.float64).t()).to(torch.float32)
+    alpha = a_scale.to(torch.float32) * b_scale.to(torch.float32)
+    return _epilogue(acc, alpha, bias, out_dtype)
+
+
+gemm_values = torch.library.custom_op("nvfp4::gemm_values", mutates_args=())(reference_gemm_values)
+
+
+@gemm_values.register_fake
+def _(a, a_scale, b, b_scale, bias, out_dtype):
+    return a.new_empty((a.shape[0], b.shape[0]), dtype=out_dtype)
+
+
 # -- CUDA: Triton kernels (Hopper emulation); the CuTe-DSL GEMM on sm_100a/sm_103a --------
 # Set NVFP4_COMPILE_REFERENCE_KERNELS=1 to run the reference implementations on CUDA too.
 
@@ -161,22 +268,50 @@ _CUDA_IMPLS = torch.library.Library("nvfp4", "IMPL")
 
 
 def _cuda_kernel(op):
-    """Register ``fn`` as ``op``'s CUDA kernel (autograd, fake tensors and the CPU reference stay
-    with ``custom_op``)."""
+    """Register ``fn`` as ``op``'s CUDA kernel (fake tensors and the CPU reference stay with
+    ``custom_op``)."""
     def register(fn):
         _CUDA_IMPLS.impl(op._name, fn, "CUDA")
+        _CUDA_OPS.append(op._name)
         return fn
     return register
 
 
-def _fast_path_available(device: torch.device) -> bool:
-    if os.environ.get("NVFP4_COMPILE_REFERENCE_KERNELS") == "1" or device.type != "cuda":
-        return False
+_CUDA_OPS: list[str] = []
+_autograd_fallthrough: torch.library.Library | None = None
+
+
+def set_autograd_fallthrough(enabled: bool) -> None:
+    """Let CUDA calls of the ops fall through the autograd key (the default), or not.
+
+    The ops run inside compiled graphs, after AOTAutograd has built the backward: nothing
+    differentiates through them. ``custom_op``'s autograd kernel is Python (a grad-mode check and
+    a redispatch: tens of microseconds a call on an H100 host, ``bench/host_overhead.py``); the
+    fallthrough skips it in C++. On CUDA an op called eagerly on tensors that require grad so
+    returns a result without a ``grad_fn``; on CPU ``custom_op``'s error on backward stays."""
+    global _autograd_fallthrough
+    if _autograd_fallthrough is not None:
+        _autograd_fallthrough._destroy()
+        _autograd_fallthrough = None
+    if enabled:
+        _autograd_fallthrough = torch.library.Library("nvfp4", "IMPL")
+        for name in _CUDA_OPS:
+            _autograd_fallthrough.impl(name, torch.library.fallthrough_kernel, "AutogradCUDA")
+
+
+@functools.cache
+def _triton_installed() -> bool:
     try:
         import triton  # noqa: F401
     except ImportError:
         return False
     return True
+
+
+def _fast_path_available(device: torch.device) -> bool:
+    if device.type != "cuda" or os.environ.get("NVFP4_COMPILE_REFERENCE_KERNELS") == "1":
+        return False
+    return _triton_installed()
 
 
 @_cuda_kernel(quantize)
@@ -252,3 +387,52 @@ def _(a_codes, a_scale_bits, a_scale, b_codes, b_scale_bits, b_scale, bias, form
     from .kernels.triton_gemm import emulated_gemm
 
     return emulated_gemm(a_codes, a_scale_bits, a_scale, b_codes, b_scale_bits, b_scale, bias, out_dtype)
+
+
+
+@_cuda_kernel(quantize_values)
+def _(x, format, block_rows, rounding, check, rht=False):
+    if format != "nvfp4" or not _fast_path_available(x.device):
+        return reference_quantize_values(x, format, block_rows, rounding, check, rht)
+    from .kernels.triton_quantize import quantize_nvfp4
+
+    return quantize_nvfp4(_checked_and_padded(x, 16, check), block_rows, rounding, rht=rht, values=True)
+
+
+@_cuda_kernel(quantize_pair_values)
+def _(x, format, rounding, rounding_t, rht_t, check, rows_as_values, cols_as_values):
+    fast = format == "nvfp4" and not check and _fast_path_available(x.device)
+    if (fast and rht_t and x.dtype == torch.bfloat16 and x.shape[0] % 16 == 0 and x.shape[1] % 16 == 0
+            and x.numel() and os.environ.get("NVFP4_COMPILE_FUSED_RHT") != "1"):
+        from .kernels.triton_rht_transpose import quantize_pair_rht
+
+        return quantize_pair_rht(x, rounding, rounding_t, values=(rows_as_values, cols_as_values))
+    pair = torch.ops.nvfp4.quantize_pair.default(x, format, rounding, rounding_t, rht_t, check)
+    out = []
+    for (codes, scale_bits, scale), as_values in zip((pair[:3], pair[3:]), (rows_as_values, cols_as_values)):
+        if as_values:
+            out.extend((torch.ops.nvfp4.dequantize.default(codes, scale_bits, format), codes.new_empty((0,)), scale))
+        else:
+            out.extend((codes, scale_bits, scale))
+    return tuple(out)
+
+
+@_cuda_kernel(dequantize)
+def _(codes, scale_bits, format):
+    if format != "nvfp4" or not _fast_path_available(codes.device):
+        return reference_dequantize(codes, scale_bits, format)
+    from .kernels.triton_dequant import dequantize_to_bf16
+
+    return dequantize_to_bf16(codes, scale_bits)
+
+
+@_cuda_kernel(gemm_values)
+def _(a, a_scale, b, b_scale, bias, out_dtype):
+    if not _fast_path_available(a.device):
+        return reference_gemm_values(a, a_scale, b, b_scale, bias, out_dtype)
+    from .kernels.triton_gemm import emulated_gemm_values
+
+    return emulated_gemm_values(a, a_scale, b, b_scale, bias, out_dtype)
+
+# NVFP4_COMPILE_AUTOGRAD_FALLTHROUGH=0 keeps custom_op's autograd kernel on CUDA (slower host).
+set_autograd_fallthrough(os.environ.get("NVFP4_COMPILE_AUTOGRAD_FALLTHROUGH", "1") != "0")

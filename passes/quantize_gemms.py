@@ -19,6 +19,7 @@ import functools
 import hashlib
 import math
 import operator
+import os
 import warnings
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from nvfp4_compile.options import BackendOptions
 from nvfp4_compile.policy import PolicyError
 from nvfp4_compile.recipe import OperandTreatment, Recipe, treatment
 
+from .bf16_operands import use_bf16_operands
 from .gemm_roles import Gemm, ParamInfo, find_gemms
 from .pair_quantize import fuse_quantize_pairs
 
@@ -67,6 +69,25 @@ def _sources_digest() -> str:
             h.update(path.name.encode())
             h.update(path.read_bytes())
     return h.hexdigest()
+
+
+BF16_OPERANDS_ENV = "NVFP4_COMPILE_BF16_OPERANDS"
+
+
+def _bf16_operands(placeholders: list[Node]) -> bool:
+    """Whether ``bf16_operands`` applies: by default where the GEMMs run emulated (a CUDA device
+    that is not one the sm_100a GEMM serves); ``NVFP4_COMPILE_BF16_OPERANDS=0`` never, ``=1``
+    always (on CPUs too: the references of both forms agree bit for bit)."""
+    setting = os.environ.get(BF16_OPERANDS_ENV, "")
+    if setting in ("0", "1"):
+        return setting == "1"
+    devices = {v.device for n in placeholders if isinstance(v := n.meta.get("val"), torch.Tensor)}
+    cuda = [d for d in devices if d.type == "cuda"]
+    if not cuda:
+        return False
+    from cutlass_kernels.dispatch import use_sm100_gemm
+
+    return not use_sm100_gemm(cuda[0])
 
 
 def _size_hint(d) -> int | None:
@@ -107,6 +128,7 @@ class QuantizeGemmsPass(CustomGraphPass):
         h.update(self.options.cache_key().encode())
         h.update(repr(self.params).encode())
         h.update(repr(self.model_modules).encode())
+        h.update(os.environ.get(BF16_OPERANDS_ENV, "").encode())
         return h.hexdigest()
 
     # -- decisions -------------------------------------------------------------------
@@ -267,5 +289,7 @@ class QuantizeGemmsPass(CustomGraphPass):
                 self.graph_id, g.module, g.role, ta.describe(recipe.block), tb.describe(recipe.block),
                 recipe.format, "recipe" + self._padding_note(g.shape[-1], recipe), shape, **kinds))
         fuse_quantize_pairs(graph)
+        if _bf16_operands(placeholders):
+            use_bf16_operands(graph)
         graph.eliminate_dead_code()
         graph.lint()

@@ -131,6 +131,25 @@ for shape in [(128, 96), (70, 40)]:
         for layout in (x, x.t().contiguous().t()):  # row-major, and a column-major view
             if not all(torch.equal(g, w) for g, w in zip(quantize_pair_rht(layout, "rne", "rne"), want)):
                 bad.append(("quantize_pair_rht", shape, layout.stride()))
+# BF16 operands straight from the quantize kernel: what the dequantize kernel makes of its codes
+# (1D, 2D, the RHT of a transposed view through rht_transpose, SR with one seed; the pair's halves).
+x = (torch.randn(48, 96) * torch.logspace(-4, 4, 96)).bfloat16()
+x[3, 5], x[40, 17] = float("nan"), float("-inf")
+seed = torch.tensor(1234, dtype=torch.int32)
+for block_rows, rht, src, rounding in [(1, False, x, "rne"), (16, False, x, "rne"), (1, True, x.t(), "rne"),
+                                       (1, False, x, "sr"), (1, True, x.t(), "sr")]:
+    codes, scales, s_dec = quantize_nvfp4(src, block_rows, rounding, rht=rht, seed=seed)
+    values, s_dec_v = quantize_nvfp4(src, block_rows, rounding, rht=rht, seed=seed, values=True)
+    want = dequantize_to_bf16(codes, scales)
+    if not (torch.equal(values.isnan(), want.isnan()) and torch.equal(values.nan_to_num().view(torch.int16),
+                                                                      want.nan_to_num().view(torch.int16))
+            and s_dec.item() == s_dec_v.item()):
+        bad.append(("values", block_rows, rht, rounding))
+x = (torch.randn(64, 96) * torch.logspace(-4, 4, 96)).bfloat16()
+want = ops.reference_quantize_pair_values(x, "nvfp4", "rne", "rne", True, "", True, False)
+got = quantize_pair_rht(x, "rne", "rne", values=(True, False))
+if not all(torch.equal(g, w) for g, w in zip(got, want)):
+    bad.append(("quantize_pair_rht values",))
 from nvfp4_compile import distributed as ncd
 from nvfp4_compile.kernels.triton_dequant import exact_dequantize_2d
 for case in ("plain", "inf", "zero"):
@@ -176,7 +195,7 @@ def test_quantize_kernels_compile_to_few_instructions_without_conversions():
 
     tiles = triton_quantize.QuantizeTiles()
     for sr, (rows, k, warps) in ((False, tiles.rne), (True, tiles.sr)):
-        flags = dict(RHT=False, TWO_D=False, SR=sr, TRANSPOSED=False, stride_k=1, BLOCK_R=rows, BLOCK_K=k)
+        flags = dict(RHT=False, TWO_D=False, SR=sr, TRANSPOSED=False, stride_k=1, BLOCK_R=rows, BLOCK_K=k, VALUES=False)
         ops = sass_ops(triton_quantize._quantize_kernel, QUANTIZE_ARGS, flags, warps)
         per_thread = rows * k / (32 * warps)
         conversions = sum(op.startswith(("F2I", "I2F")) for op in ops)
@@ -509,3 +528,28 @@ def test_exact_dequantize_kernel_equals_the_reference(dtype):
         got = exact_dequantize_2d(codes.cuda(), tiles.cuda(), s_dec.cuda(), amax.cuda(), dtype).cpu()
         assert torch.equal(got.isnan(), want.isnan())
         assert torch.equal(got.nan_to_num().view(torch.uint8), want.nan_to_num().view(torch.uint8))
+
+
+@gpu
+def test_cached_launches_follow_alignment_and_shape_changes():
+    """The quantize and dequantize kernels launched again and again through ``kernels/launch.py``'s
+    cache, alternating 16-byte aligned and misaligned inputs and two shapes: every launch equals the
+    reference (a launch that reused a kernel specialized for aligned pointers or another size would not)."""
+    from nvfp4_compile.kernels import launch
+    from nvfp4_compile.kernels.triton_dequant import dequantize_to_bf16
+    from nvfp4_compile.kernels.triton_quantize import quantize_nvfp4
+
+    assert launch.ENABLED
+    torch.manual_seed(0)
+    storage = torch.randn(257 * 512, dtype=torch.bfloat16)
+    for _ in range(3):
+        for offset, rows in ((0, 256), (1, 256), (8, 128), (0, 128)):  # element offset 1: 2 bytes past alignment
+            x = storage[offset:offset + rows * 512].view(rows, 512)
+            ref = nc.quantize(x.contiguous(), block=(1, 16))
+            on_gpu = storage.cuda()[offset:offset + rows * 512].view(rows, 512)
+            assert (on_gpu.data_ptr() % 16 == 0) == (offset % 8 == 0)
+            codes, scales, s_dec = quantize_nvfp4(on_gpu)
+            assert torch.equal(codes.cpu(), ref.codes) and torch.equal(scales.cpu(), ref.scales.view(torch.uint8))
+            assert s_dec.item() == ref.global_scale.item()
+            values = dequantize_to_bf16(codes, scales).float().cpu()
+            assert torch.equal(values, nc.numerics.block_scaled_values(ref))

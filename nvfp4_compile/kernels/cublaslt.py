@@ -161,6 +161,21 @@ def _workspace(device: torch.device) -> torch.Tensor:
     return ws
 
 
+_zeros: dict[int, torch.Tensor] = {}
+
+
+def device_zero(device: torch.device) -> torch.Tensor:
+    """An FP32 zero kept on ``device`` (the GEMM's beta), made outside any CUDA-graph capture on
+    first use (``emulated_gemm_values`` asks before its first capture: compiled CUDA graphs run
+    every step eagerly before recording)."""
+    zero = _zeros.get(device.index)
+    if zero is None:
+        if torch.cuda.is_current_stream_capturing():
+            raise CublasLtError("no device zero yet, and none is made inside a CUDA-graph capture")
+        zero = _zeros[device.index] = torch.zeros((), dtype=torch.float32, device=device)
+    return zero
+
+
 def supported(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype, bias: torch.Tensor | None) -> bool:
     """BF16 row-major operands with 16-byte aligned rows, and a bias (if any) of the output dtype."""
     return (a.dtype == b.dtype == torch.bfloat16 and a.is_contiguous() and b.is_contiguous()
@@ -170,24 +185,26 @@ def supported(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype, bias: to
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor, alpha_beta: torch.Tensor, bias: torch.Tensor | None,
-           out: torch.Tensor) -> torch.Tensor:
+           out: torch.Tensor, beta: torch.Tensor | None = None) -> torch.Tensor:
     """``out [M, N]`` (contiguous) = ``alpha * (a @ b.T) (+ bias)`` rounded once to ``out``'s dtype;
-    ``a [M, K]``, ``b [N, K]`` BF16, ``alpha_beta``: FP32 ``[alpha, 0.0]`` on the device. Raises
-    ``CublasLtError`` when cuBLASLt refuses the problem."""
+    ``a [M, K]``, ``b [N, K]`` BF16, ``alpha_beta``: FP32 ``[alpha, 0.0]`` on the device, or with
+    ``beta`` (an FP32 zero on the device) the FP32 ``alpha`` alone. Raises ``CublasLtError`` when
+    cuBLASLt refuses the problem."""
     m, k = a.shape
     n, out_dtype = b.shape[0], out.dtype
     ws = _workspace(a.device)  # first: raises inside a capture before anything is allocated
     lib, handle = _library(), _handle(a.device.index)
     plan = _plan(m, n, k, out_dtype, None if bias is None else bias.dtype, a.device.index)
-    stream = torch.cuda.current_stream(a.device).cuda_stream
+    stream = torch._C._cuda_getCurrentRawStream(a.device.index)
     b_layout, a_layout, d_layout = plan.layouts
+    beta_ptr = alpha_beta.data_ptr() + 4 if beta is None else beta.data_ptr()
     with plan.lock:  # the bias pointer lives in the shared descriptor
         if bias is not None:
             ptr = ctypes.c_void_p(bias.data_ptr())
             _check(lib.cublasLtMatmulDescSetAttribute(plan.desc, _DESC_BIAS_POINTER, ctypes.byref(ptr), 8),
                    "MatmulDescSetAttribute(bias)")
         _check(lib.cublasLtMatmul(handle, plan.desc, alpha_beta.data_ptr(), b.data_ptr(), b_layout, a.data_ptr(),
-                                  a_layout, alpha_beta.data_ptr() + 4, out.data_ptr(), d_layout, out.data_ptr(),
+                                  a_layout, beta_ptr, out.data_ptr(), d_layout, out.data_ptr(),
                                   d_layout, ctypes.byref(plan.result.algo), ws.data_ptr(), WORKSPACE_BYTES, stream),
                "cublasLtMatmul")
     return out

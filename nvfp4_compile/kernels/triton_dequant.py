@@ -13,6 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import cdiv, fast_launch
 from .triton_quantize import RHT_TILE, _e2m1_value, _e4m3_value, _load_tile, _round_to_bf16, is_transposed
 
 
@@ -57,6 +58,9 @@ def _dequant_kernel(codes_ptr, scales_ptr, out_ptr, R, K, a_scale_ptr, b_scale_p
         tl.store(alpha_beta_ptr + 1, 0.0)
 
 
+_DEQUANT = fast_launch(_dequant_kernel)
+
+
 def dequantize_to_bf16(codes: torch.Tensor, scale_bits: torch.Tensor, alpha_of=None) -> torch.Tensor:
     """``q * s_dec_b`` as BF16. ``alpha_of=(a_scale, b_scale, alpha_beta)``: the same launch also
     writes ``[a_scale * b_scale, 0.0]`` (FP32) into ``alpha_beta``, the GEMM's alpha and beta."""
@@ -64,8 +68,8 @@ def dequantize_to_bf16(codes: torch.Tensor, scale_bits: torch.Tensor, alpha_of=N
     out = torch.empty((R, K), dtype=torch.bfloat16, device=codes.device)
     a_scale, b_scale, alpha_beta = alpha_of if alpha_of is not None else (out, out, out)
     if R and K:
-        grid = (triton.cdiv(R, 32), triton.cdiv(K, 256))
-        _dequant_kernel[grid](codes.contiguous(), scale_bits.contiguous(), out, R, K, a_scale, b_scale, alpha_beta,
+        grid = (cdiv(R, 32), cdiv(K, 256))
+        _DEQUANT[grid](codes.contiguous(), scale_bits.contiguous(), out, R, K, a_scale, b_scale, alpha_beta,
                               ALPHA=alpha_of is not None, BLOCK_R=32, BLOCK_K=256, num_warps=8)
     elif alpha_of is not None:
         torch.stack([a_scale * b_scale, torch.zeros_like(a_scale)], out=alpha_beta)
@@ -89,7 +93,7 @@ def rht_to_bf16(x: torch.Tensor) -> torch.Tensor:
         return rht(x.to(torch.float32)).to(torch.bfloat16)
     out = torch.empty((R, K), dtype=torch.bfloat16, device=x.device)
     if R and K:
-        grid = (triton.cdiv(R, 64), triton.cdiv(K, RHT_TILE))
+        grid = (cdiv(R, 64), cdiv(K, RHT_TILE))
         _rht_kernel[grid](x, out, R, K, x.stride(0), x.stride(1), TRANSPOSED=is_transposed(x),
                           BLOCK_R=64, BLOCK_K=RHT_TILE, num_warps=4)
     return out
@@ -130,7 +134,7 @@ def exact_dequantize_2d(codes: torch.Tensor, tile_bits: torch.Tensor, s_dec: tor
         return out
     s_dec = s_dec.to(torch.float32)
     top = torch.where((tile_bits == 0x7F).any(), torch.full_like(s_dec, float("nan")), s_dec * 2688.0)
-    grid = (triton.cdiv(R, 32), triton.cdiv(K, 128))
+    grid = (cdiv(R, 32), cdiv(K, 128))
     _exact_dequant_2d_kernel[grid](codes.contiguous(), tile_bits.contiguous(), s_dec, amax.to(torch.float32), top, out,
                                    R, K, BLOCK_R=32, BLOCK_K=128, num_warps=4)
     return out

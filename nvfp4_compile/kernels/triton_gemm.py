@@ -31,6 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import cdiv, fast_launch
 from .triton_dequant import _fp4_tile, dequantize_to_bf16
 
 log = logging.getLogger(__name__)
@@ -55,16 +56,18 @@ DEFAULT_STRATEGY = os.environ.get("NVFP4_COMPILE_GEMM", "cublaslt")
 _refusals_logged: set = set()
 
 
-def _cublaslt_gemm(a, b, alpha_beta, bias, out):
-    """The cuBLASLt GEMM into ``out`` (``alpha_beta``: FP32 ``[alpha, 0]`` on the device), or None
-    (logged once per reason) where it does not apply."""
+def _cublaslt_gemm(a, b, alpha_beta, bias, out, beta=None):
+    """The cuBLASLt GEMM into ``out`` (``alpha_beta``: FP32 ``[alpha, 0]`` on the device, or alpha
+    alone with ``beta``), or None (logged once per reason) where it does not apply."""
     from . import cublaslt
 
     if not cublaslt.supported(a, b, out.dtype, bias):
         reason = "operands or bias it does not take (dtype, alignment, K or N not a multiple of 8)"
     else:
         try:
-            return cublaslt.matmul(a, b, alpha_beta, bias, out)
+            if beta is None and alpha_beta.numel() == 1:
+                beta = cublaslt.device_zero(a.device)
+            return cublaslt.matmul(a, b, alpha_beta, bias, out, beta)
         except cublaslt.CublasLtError as err:
             reason = str(err)
     key = reason.split(" for M=")[0]
@@ -127,6 +130,9 @@ def _epilogue_kernel(acc_ptr, a_scale_ptr, b_scale_ptr, bias_ptr, out_ptr, M, N,
     tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+_EPILOGUE = fast_launch(_epilogue_kernel)
+
+
 def emulated_gemm(a_codes, a_scale_bits, a_scale, b_codes, b_scale_bits, b_scale, bias, out_dtype,
                   strategy: str | None = None, tiles: GemmTiles = DEFAULT_TILES) -> torch.Tensor:
     """``alpha * (A_deq @ B_deq^T) (+ bias)`` in ``out_dtype``; ``A [M, K/2]``, ``B [N, K/2]`` packed codes."""
@@ -152,8 +158,8 @@ def emulated_gemm(a_codes, a_scale_bits, a_scale, b_codes, b_scale_bits, b_scale
         else:
             b = dequantize_to_bf16(b_codes, b_scale_bits)
         acc = torch.mm(a, b.t(), out_dtype=torch.float32)
-        grid = (triton.cdiv(M, 32), triton.cdiv(N, 256))
-        _epilogue_kernel[grid](acc, a_scale, b_scale, bias_arg, out, M, N, HAS_BIAS=bias is not None,
+        grid = (cdiv(M, 32), cdiv(N, 256))
+        _EPILOGUE[grid](acc, a_scale, b_scale, bias_arg, out, M, N, HAS_BIAS=bias is not None,
                                BLOCK_M=32, BLOCK_N=256, num_warps=8)
         return out
     if strategy == "triton":
@@ -162,9 +168,42 @@ def emulated_gemm(a_codes, a_scale_bits, a_scale, b_codes, b_scale_bits, b_scale
     else:
         a, a_s, b, b_s = a_codes.contiguous(), a_scale_bits.contiguous(), b_codes.contiguous(), b_scale_bits.contiguous()
     t = tiles
-    grid = (triton.cdiv(M, t.block_m) * triton.cdiv(N, t.block_n),)
+    grid = (cdiv(M, t.block_m) * cdiv(N, t.block_n),)
     _gemm_kernel[grid](a, a_s, b, b_s, a_scale, b_scale, bias_arg, out, M, N, K,
                        FP4_INPUTS=strategy == "fused", HAS_BIAS=bias is not None,
                        BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k, GROUP_M=t.group_m,
                        num_warps=t.num_warps, num_stages=t.num_stages)
+    return out
+
+
+def emulated_gemm_values(a, a_scale, b, b_scale, bias, out_dtype, strategy: str | None = None,
+                         tiles: GemmTiles = DEFAULT_TILES) -> torch.Tensor:
+    """``alpha * (a @ b^T) (+ bias)`` in ``out_dtype`` for BF16 operands ``a [M, K]``, ``b [N, K]``
+    holding ``q * s_dec_b`` (``nvfp4::gemm_values``): ``emulated_gemm`` without the dequantize
+    passes. ``alpha = a_scale * b_scale`` is one FP32 product on the device, as there."""
+    strategy = strategy or DEFAULT_STRATEGY
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown GEMM strategy {strategy!r}; expected one of {STRATEGIES}")
+    M, N, K = a.shape[0], b.shape[0], a.shape[1]
+    a_scale = a_scale.reshape(()).to(torch.float32)
+    b_scale = b_scale.reshape(()).to(torch.float32)
+    out = torch.empty((M, N), dtype=out_dtype, device=a.device)
+    if M == 0 or N == 0:
+        return out
+    if K == 0:
+        return out.copy_(bias.expand(M, N)) if bias is not None else out.zero_()
+    a, b = a.contiguous(), b.contiguous()
+    if strategy == "cublaslt" and _cublaslt_gemm(a, b, a_scale * b_scale, bias, out) is not None:
+        return out
+    bias_arg = bias.contiguous() if bias is not None else a_scale  # unread without HAS_BIAS
+    if strategy == "triton":
+        t = tiles
+        grid = (cdiv(M, t.block_m) * cdiv(N, t.block_n),)
+        _gemm_kernel[grid](a, a, b, b, a_scale, b_scale, bias_arg, out, M, N, K, FP4_INPUTS=False,
+                           HAS_BIAS=bias is not None, BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k,
+                           GROUP_M=t.group_m, num_warps=t.num_warps, num_stages=t.num_stages)
+        return out
+    acc = torch.mm(a, b.t(), out_dtype=torch.float32)  # "cublas", "fused", or cuBLASLt refused
+    _EPILOGUE[(cdiv(M, 32), cdiv(N, 256))](acc, a_scale, b_scale, bias_arg, out, M, N, HAS_BIAS=bias is not None,
+                                           BLOCK_M=32, BLOCK_N=256, num_warps=8)
     return out

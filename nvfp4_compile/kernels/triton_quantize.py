@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from ..hadamard import DEFAULT_RHT_SIGNS
+from .launch import cdiv, fast_launch
 
 FP32_MAX = tl.constexpr(3.4028234663852886e38)
 
@@ -213,9 +214,12 @@ def _random_bits(seed_ptr, rows, k0, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexp
 
 @triton.jit
 def _quantize_tile(x, rows, k0, R, K, amax, seed_ptr, codes_ptr, scales_ptr, codes_stride, scales_stride,
-                   TWO_D: tl.constexpr, SR: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+                   TWO_D: tl.constexpr, SR: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+                   VALUES: tl.constexpr):
     """Quantize the fp32 tile ``x [BLOCK_R, BLOCK_K]`` (rows ``rows``, columns from ``k0``) of a
-    tensor whose finite amax is ``amax``; store its packed codes and scale bits. Returns S_dec."""
+    tensor whose finite amax is ``amax``; store its packed codes and scale bits, or with
+    ``VALUES`` its block-scaled values ``q * s_dec_b`` in BF16 (exact; NaN in a non-finite
+    block) at ``codes_ptr`` with row stride ``codes_stride``. Returns S_dec."""
     s_enc = tl.minimum(tl.math.div_rn(2688.0, amax), FP32_MAX)
     s_enc = tl.where((amax == 0.0) | (s_enc == 0.0), 1.0, s_enc)
     s_dec = tl.math.div_rn(1.0, s_enc)
@@ -240,6 +244,12 @@ def _quantize_tile(x, rows, k0, R, K, amax, seed_ptr, codes_ptr, scales_ptr, cod
         codes = _e2m1_sr(v, _random_bits(seed_ptr, rows, k0, BLOCK_R, BLOCK_K))
     else:
         codes = _e2m1_rne(v)
+    if VALUES:  # what the dequantize kernel would make of the codes and scales, without them in memory
+        values = (_e2m1_value(codes) * _e4m3_value(scale_bits)[:, :, None]).to(tl.bfloat16)
+        r3 = rows[:, None, None]
+        cols3 = k0 + tl.arange(0, NB)[None, :, None] * 16 + tl.arange(0, 16)[None, None, :]
+        tl.store(codes_ptr + r3.to(tl.int64) * codes_stride + cols3, values, mask=(r3 < R) & (cols3 < K))
+        return s_dec
     low, high = tl.split(tl.reshape(codes, (BLOCK_R, NB, 8, 2)))
     packed = tl.where(bad[:, :, None], 0, low | (high << 4)).to(tl.uint8)  # a non-finite block keeps zero codes
 
@@ -260,17 +270,20 @@ def _quantize_tile(x, rows, k0, R, K, amax, seed_ptr, codes_ptr, scales_ptr, cod
 def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, amax_bits_ptr, s_dec_ptr, seed_ptr,
                      R, K, stride_r, stride_k, codes_stride, scales_stride,
                      RHT: tl.constexpr, TWO_D: tl.constexpr, SR: tl.constexpr, TRANSPOSED: tl.constexpr,
-                     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+                     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, VALUES: tl.constexpr):
     pid_r, pid_k = tl.program_id(0), tl.program_id(1)
     r0, k0 = pid_r * BLOCK_R, pid_k * BLOCK_K
     x, rows, cols, mask = _load_tile(x_ptr, r0, k0, R, K, stride_r, stride_k, RHT, TRANSPOSED,
                                      BLOCK_R, BLOCK_K)
     amax = tl.load(amax_bits_ptr).to(tl.float32, bitcast=True)
     s_dec = _quantize_tile(x, rows, k0, R, K, amax, seed_ptr, codes_ptr, scales_ptr, codes_stride, scales_stride,
-                           TWO_D, SR, BLOCK_R, BLOCK_K)
+                           TWO_D, SR, BLOCK_R, BLOCK_K, VALUES)
     if pid_r == 0 and pid_k == 0:
         tl.store(s_dec_ptr, s_dec)
 
+
+_AMAX = fast_launch(_amax_kernel)
+_QUANTIZE = fast_launch(_quantize_kernel)
 
 RHT_TILE = 64  # K-extent (tokens) of the RHT tiles of the pair and dequantize kernels
 
@@ -325,9 +338,11 @@ def is_transposed(x: torch.Tensor) -> bool:
 
 def quantize_nvfp4(x: torch.Tensor, block_rows: int = 1, rounding: str = "rne", rht: bool = False,
                    seed: torch.Tensor | None = None, tiles: QuantizeTiles = DEFAULT_TILES,
-                   amax_bits: torch.Tensor | None = None):
+                   amax_bits: torch.Tensor | None = None, values: bool = False):
     """``x [R, K]`` (any strides, K a multiple of 16; R a multiple of 16 for 2D) ->
-    (codes uint8 [R, K/2], scale bits uint8 [R, K/16], S_dec fp32 0-dim).
+    (codes uint8 [R, K/2], scale bits uint8 [R, K/16], S_dec fp32 0-dim); with ``values``,
+    (``q * s_dec_b`` in BF16 [R, K], S_dec): the GEMM operand the dequantize kernel would make of
+    the codes and scales, written by the quantize kernel itself (``nvfp4::quantize_values``).
 
     ``amax_bits``: the finite amax of ``x`` (after the RHT where it applies) as FP32 bits in an
     int32 0-dim device tensor, when the caller has it; the amax pass is then skipped.
@@ -348,9 +363,13 @@ def quantize_nvfp4(x: torch.Tensor, block_rows: int = 1, rounding: str = "rne", 
         from .triton_rht_transpose import rht_transpose
 
         y, y_amax = rht_transpose(x.t(), *tiles.rht_transpose)
-        return quantize_nvfp4(y, block_rows, rounding, False, seed, tiles, y_amax)
-    codes = torch.empty((R, K // 2), dtype=torch.uint8, device=x.device)
-    scales = torch.empty((R, K // 16), dtype=torch.uint8, device=x.device)
+        return quantize_nvfp4(y, block_rows, rounding, False, seed, tiles, y_amax, values)
+    if values:
+        codes = torch.empty((R, K), dtype=torch.bfloat16, device=x.device)
+        scales = codes  # unused
+    else:
+        codes = torch.empty((R, K // 2), dtype=torch.uint8, device=x.device)
+        scales = torch.empty((R, K // 16), dtype=torch.uint8, device=x.device)
     given_amax = amax_bits is not None
     if not given_amax:
         amax_bits = torch.zeros((), dtype=torch.int32, device=x.device)
@@ -361,18 +380,18 @@ def quantize_nvfp4(x: torch.Tensor, block_rows: int = 1, rounding: str = "rne", 
         seed = amax_bits  # unused
     if not (R and K):
         s_dec.fill_(1.0)
-        return codes, scales, s_dec
+        return (codes, s_dec) if values else (codes, scales, s_dec)
     transposed = is_transposed(x)
     if not given_amax:
         # Without the RHT the amax does not depend on the orientation: read memory in its order.
         src = x.t() if transposed and not rht else x
         ar, ak, amax_warps = tiles.rht_amax if rht else tiles.amax
-        tiles_k = triton.cdiv(src.shape[1], ak)
-        n_tiles = triton.cdiv(src.shape[0], ar) * tiles_k
+        tiles_k = cdiv(src.shape[1], ak)
+        n_tiles = cdiv(src.shape[0], ar) * tiles_k
         programs = min(n_tiles, _programs(x.device))
-        _amax_kernel[(programs,)](
+        _AMAX[(programs,)](
             src, amax_bits, src.shape[0], src.shape[1], src.stride(0), src.stride(1), tiles_k, programs,
-            triton.cdiv(n_tiles, programs), RHT=rht, TRANSPOSED=transposed and rht, BLOCK_R=ar, BLOCK_K=ak,
+            cdiv(n_tiles, programs), RHT=rht, TRANSPOSED=transposed and rht, BLOCK_R=ar, BLOCK_K=ak,
             num_warps=amax_warps)
     sr = rounding == "sr"
     if block_rows == 16:
@@ -381,8 +400,8 @@ def quantize_nvfp4(x: torch.Tensor, block_rows: int = 1, rounding: str = "rne", 
         qr, qk, warps = tiles.rht_sr if sr else tiles.rht
     else:
         qr, qk, warps = tiles.sr if sr else tiles.rne
-    _quantize_kernel[(triton.cdiv(R, qr), triton.cdiv(K, qk))](
+    _QUANTIZE[(cdiv(R, qr), cdiv(K, qk))](
         x, codes, scales, amax_bits, s_dec, seed, R, K, x.stride(0), x.stride(1),
         codes.stride(0), scales.stride(0), RHT=rht, TWO_D=block_rows == 16, SR=sr,
-        TRANSPOSED=transposed, BLOCK_R=qr, BLOCK_K=qk, num_warps=warps)
-    return codes, scales, s_dec
+        TRANSPOSED=transposed, BLOCK_R=qr, BLOCK_K=qk, VALUES=values, num_warps=warps)
+    return (codes, s_dec) if values else (codes, scales, s_dec)

@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import cdiv
 from .triton_quantize import RHT_TILE, _finite_abs, _programs, _quantize_tile, _rht_tile
 
 
@@ -65,7 +66,7 @@ def _pair_quantize_kernel(x_ptr, codes_ptr, scales_ptr, s_dec_ptr, codes_t_ptr, 
     amax_t = tl.load(amax_bits_ptr + 1).to(tl.float32, bitcast=True)
     # Along K: rows of x are the output's rows; stores stop at R rows and Kp columns.
     s_dec = _quantize_tile(x.to(tl.float32), rows, k0, R, Kp, amax, seed_ptr, codes_ptr, scales_ptr,
-                           codes_stride, scales_stride, False, SR, BLOCK_R, BLOCK_K)
+                           codes_stride, scales_stride, False, SR, BLOCK_R, BLOCK_K, False)
     # x^T on chip (BF16, before any arithmetic), then the RHT as ``triton_quantize`` does it
     # for a transposed view. (The left product ``blockdiag(H)^T @ x``, which needs no
     # transpose before the MMA, measured 1.6x slower for the pair on an H100.)
@@ -76,7 +77,7 @@ def _pair_quantize_kernel(x_ptr, codes_ptr, scales_ptr, s_dec_ptr, codes_t_ptr, 
         yt = xt.to(tl.float32)
     # Along R: columns of x are the output's rows; stores stop at K rows and Rp columns.
     s_dec_t = _quantize_tile(yt, cols, r0, K, Rp, amax_t, seed_ptr + 1, codes_t_ptr, scales_t_ptr,
-                             codes_t_stride, scales_t_stride, False, SR_T, BLOCK_K, BLOCK_R)
+                             codes_t_stride, scales_t_stride, False, SR_T, BLOCK_K, BLOCK_R, False)
     if pid_r == 0 and pid_k == 0:
         tl.store(s_dec_ptr, s_dec)
         tl.store(s_dec_t_ptr, s_dec_t)
@@ -126,13 +127,13 @@ def quantize_pair_nvfp4(x: torch.Tensor, rounding: str = "rne", rounding_t: str 
         else:
             seeds = amax_bits  # unused
     br = RHT_TILE
-    tiles_k = triton.cdiv(K, tiles.amax_k)
-    n_tiles = triton.cdiv(R, br) * tiles_k
+    tiles_k = cdiv(K, tiles.amax_k)
+    n_tiles = cdiv(R, br) * tiles_k
     programs = min(n_tiles, _programs(dev))
     _pair_amax_kernel[(programs,)](
-        x, amax_bits, R, K, x.stride(0), x.stride(1), tiles_k, programs, triton.cdiv(n_tiles, programs),
+        x, amax_bits, R, K, x.stride(0), x.stride(1), tiles_k, programs, cdiv(n_tiles, programs),
         RHT_T=rht_t, BLOCK_R=br, BLOCK_K=tiles.amax_k, num_warps=tiles.amax_warps)
-    _pair_quantize_kernel[(triton.cdiv(R, br), triton.cdiv(K, tiles.quantize_k))](
+    _pair_quantize_kernel[(cdiv(R, br), cdiv(K, tiles.quantize_k))](
         x, codes, scales, s_dec, codes_t, scales_t, s_dec_t, amax_bits, seeds, R, K, Rp, Kp,
         x.stride(0), x.stride(1), codes.stride(0), scales.stride(0), codes_t.stride(0),
         scales_t.stride(0), RHT_T=rht_t, SR=rounding == "sr", SR_T=rounding_t == "sr", BLOCK_R=br, BLOCK_K=tiles.quantize_k, num_warps=tiles.quantize_warps)

@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import cdiv, fast_launch
 from .triton_quantize import (DEFAULT_TILES, _INTERPRETED, QuantizeTiles, _finite_abs, _programs, _rht_matrix,
                               _round_to_bf16, quantize_nvfp4)
 
@@ -50,6 +51,9 @@ def _rht_transpose_kernel(x_ptr, y_ptr, amax_bits_ptr, T, F, stride_t, stride_f,
         tl.atomic_max(amax_bits_ptr + 1, tl.max(tl.max(acc_x, axis=1), axis=0).to(tl.int32, bitcast=True))
 
 
+_RHT_TRANSPOSE = fast_launch(_rht_transpose_kernel)
+
+
 def rht_transpose(x: torch.Tensor, block_t: int = 64, block_f: int = 64, num_warps: int = 4, x_amax: bool = False):
     """``x [T, F]`` BF16 (any strides, T a multiple of 16) -> (``RHT(x^T)`` as ``[F, T]`` BF16,
     contiguous; the finite amax of that as FP32 bits in an int32 0-dim tensor, and with
@@ -62,22 +66,35 @@ def rht_transpose(x: torch.Tensor, block_t: int = 64, block_f: int = 64, num_war
     amaxes = tuple(amax_bits[i] for i in range(amax_bits.numel()))
     if T == 0 or F == 0:
         return (y, *amaxes)
-    tiles_f = triton.cdiv(F, block_f)
-    n_tiles = triton.cdiv(T, block_t) * tiles_f
+    tiles_f = cdiv(F, block_f)
+    n_tiles = cdiv(T, block_t) * tiles_f
     programs = min(n_tiles, _programs(x.device))
-    _rht_transpose_kernel[(programs,)](x, y, amax_bits, T, F, x.stride(0), x.stride(1), y.stride(0), tiles_f,
-                                       programs, triton.cdiv(n_tiles, programs), X_AMAX=x_amax, BLOCK_T=block_t,
+    _RHT_TRANSPOSE[(programs,)](x, y, amax_bits, T, F, x.stride(0), x.stride(1), y.stride(0), tiles_f,
+                                       programs, cdiv(n_tiles, programs), X_AMAX=x_amax, BLOCK_T=block_t,
                                        BLOCK_F=block_f, num_warps=num_warps)
     return (y, *amaxes)
 
 
 def quantize_pair_rht(x: torch.Tensor, rounding: str = "rne", rounding_t: str = "rne",
-                      tiles: QuantizeTiles = DEFAULT_TILES):
+                      tiles: QuantizeTiles = DEFAULT_TILES, values: tuple[bool, bool] = (False, False)):
     """Both quantizations of ``x [T, F]`` (BF16, T and F multiples of 16): rowwise 1x16 along F,
-    and ``RHT(x^T)`` 1x16 along T; the six outputs of ``nvfp4::quantize_pair``.
+    and ``RHT(x^T)`` 1x16 along T; the six outputs of ``nvfp4::quantize_pair``. ``values``: which
+    of the two come as block-scaled BF16 values instead (``nvfp4::quantize_pair_values``: the
+    values, an empty uint8 tensor in place of the scale bits, S_dec).
 
     Three passes: ``rht_transpose`` (one read of x: both amaxes and ``RHT(x^T)`` in BF16), then
     the rowwise kernel on x and on that, each with its amax given (no amax pass of its own)."""
     y, y_amax, x_amax = rht_transpose(x, *tiles.rht_transpose, x_amax=True)
-    return (*quantize_nvfp4(x, 1, rounding, tiles=tiles, amax_bits=x_amax),
-            *quantize_nvfp4(y, 1, rounding_t, tiles=tiles, amax_bits=y_amax))
+    seeds = (None, None)
+    if "sr" in (rounding, rounding_t):  # one draw for both (host time: every launch counts)
+        seeds = torch.randint(0, 2**31 - 1, (2,), device=x.device, dtype=torch.int32).unbind()
+    out = []
+    for src, how, seed, amax, as_values in ((x, rounding, seeds[0], x_amax, values[0]),
+                                            (y, rounding_t, seeds[1], y_amax, values[1])):
+        q = quantize_nvfp4(src, 1, how, seed=seed, tiles=tiles, amax_bits=amax, values=as_values)
+        out.extend((q[0], no_scale_bits(x.device), q[1]) if as_values else q)
+    return tuple(out)
+
+
+def no_scale_bits(device) -> torch.Tensor:
+    return torch.empty((0,), dtype=torch.uint8, device=device)

@@ -12,6 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import cdiv, fast_launch
 from .triton_dequant import _load_codes
 
 
@@ -38,6 +39,9 @@ def _transpose_2d_kernel(codes_ptr, scales_ptr, codes_t_ptr, scales_t_ptr, R, K,
              mask=(cols[:, None] < K) & (tiles_r[None, :] < R // 16))
 
 
+_TRANSPOSE_2D = fast_launch(_transpose_2d_kernel)
+
+
 def transpose_2d_nvfp4(codes: torch.Tensor, scale_bits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``codes uint8 [R, K/2]``, ``scale_bits uint8 [R, K/16]`` of a 16x16-quantized W -> those of W^T."""
     R, K = codes.shape[0], codes.shape[1] * 2
@@ -46,7 +50,7 @@ def transpose_2d_nvfp4(codes: torch.Tensor, scale_bits: torch.Tensor) -> tuple[t
     codes_t = torch.empty((K, R // 2), dtype=torch.uint8, device=codes.device)
     scales_t = torch.empty((K, R // 16), dtype=torch.uint8, device=codes.device)
     if R and K:
-        grid = (triton.cdiv(R, 64), triton.cdiv(K, 64))
-        _transpose_2d_kernel[grid](codes.contiguous(), scale_bits.contiguous(), codes_t, scales_t, R, K,
+        grid = (cdiv(R, 64), cdiv(K, 64))
+        _TRANSPOSE_2D[grid](codes.contiguous(), scale_bits.contiguous(), codes_t, scales_t, R, K,
                                    BLOCK_R=64, BLOCK_K=64, num_warps=4)
     return codes_t, scales_t

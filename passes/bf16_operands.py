@@ -1,0 +1,136 @@
+"""Hand the emulated GEMMs BF16 operands straight from the quantize kernels (Hopper emulation).
+
+Contract: runs on a graph that ``quantize_gemms`` and ``pair_quantize`` have rewritten, where the
+GEMMs run emulated (a CUDA device without FP4 tensor cores). Every ``nvfp4::gemm`` becomes
+``nvfp4::gemm_values``, whose operands are BF16 tensors of ``q * s_dec_b`` (exact), and each
+operand is made one of two ways:
+
+- by the quantizer itself (``quantize`` -> ``quantize_values``, a half of ``quantize_pair`` ->
+  that half of ``quantize_pair_values``) when its codes and scales feed this GEMM alone and both
+  run in the same pass (forward or backward). X for fprop, dY for dgrad and dY^T for wgrad: the
+  codes never reach memory and no dequantize pass runs;
+- by ``nvfp4::dequantize`` otherwise: codes the forward saves for the backward (X^T for wgrad,
+  the 2D weight), or shared by two GEMMs. FP4 stays what crosses from forward to backward.
+
+Numerics are unchanged bit for bit: every new op's reference is the code-based ops composed
+(``nvfp4_compile.ops``), and the GEMM multiplies the same exact values with the same alpha.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+from torch.fx import Graph, Node
+from torch.utils._pytree import tree_map
+
+from nvfp4_compile import ops  # noqa: F401  (registers the nvfp4:: operators)
+
+GEMM = torch.ops.nvfp4.gemm.default
+QUANTIZE = torch.ops.nvfp4.quantize.default
+PAIR = torch.ops.nvfp4.quantize_pair.default
+
+
+def _backward_nodes(graph: Graph) -> set[Node]:
+    """Nodes that depend on a tangent: the backward's side of a joint graph."""
+    backward: set[Node] = set()
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            if node.name.startswith("tangents"):
+                backward.add(node)
+        elif any(arg in backward for arg in node.all_input_nodes):
+            backward.add(node)
+    return backward
+
+
+class _Rewriter:
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+        self.fake_mode = torch._guards.detect_fake_mode([n.meta.get("val") for n in placeholders])
+        self.backward = _backward_nodes(graph)
+        self.values_of: dict[tuple[Node, int], tuple[Node, Node]] = {}  # (quantizer, half) -> (values, scale)
+        self.pair_halves: dict[Node, set[int]] = {}  # quantize_pair -> halves (0 rows, 1 columns) to make values
+
+    def emit(self, like: Node, target, args) -> Node:
+        node = self.graph.call_function(target, args)
+        node.meta.update({k: v for k, v in like.meta.items() if k != "val"})
+        with self.fake_mode:
+            node.meta["val"] = target(*tree_map(lambda a: a.meta["val"] if isinstance(a, Node) else a, args))
+        return node
+
+    def source(self, gemm: Node, codes: Node, scale_bits: Node) -> tuple[Node, int] | None:
+        """(quantizer, half) when ``codes`` can come as values: a getitem of a 1x16 ``quantize`` or
+        ``quantize_pair`` whose codes and scales only this GEMM reads, in the GEMM's own pass."""
+        if not all(n.op == "call_function" and n.target is operator.getitem for n in (codes, scale_bits)):
+            return None
+        q, index = codes.args
+        if scale_bits.args != (q, index + 1) or set(codes.users) | set(scale_bits.users) != {gemm}:
+            return None
+        if (q in self.backward) != (gemm in self.backward):
+            return None
+        if q.target is QUANTIZE and index == 0:
+            return q, 0
+        if q.target is PAIR and index in (0, 3):
+            return q, index // 3
+        return None
+
+    def plan(self, gemms: list[Node]) -> list[tuple[Node, list]]:
+        plans = []
+        for gemm in gemms:
+            operands = []
+            for codes, scale_bits, scale in (gemm.args[0:3], gemm.args[3:6]):
+                src = self.source(gemm, codes, scale_bits)
+                if src is not None and src[0].target is PAIR:
+                    self.pair_halves.setdefault(src[0], set()).add(src[1])
+                operands.append((codes, scale_bits, scale, src))
+            plans.append((gemm, operands))
+        return plans
+
+    def quantizer_values(self, q: Node, half: int) -> tuple[Node, Node]:
+        if (q, half) not in self.values_of:
+            with self.graph.inserting_before(q):
+                if q.target is QUANTIZE:
+                    vq = self.emit(q, torch.ops.nvfp4.quantize_values.default, q.args)
+                    self.values_of[(q, 0)] = (self.emit(q, operator.getitem, (vq, 0)),
+                                              self.emit(q, operator.getitem, (vq, 1)))
+                else:
+                    halves = self.pair_halves[q]
+                    vq = self.emit(q, torch.ops.nvfp4.quantize_pair_values.default,
+                                   (*q.args, 0 in halves, 1 in halves))
+                    items = [self.emit(q, operator.getitem, (vq, i)) for i in range(6)]
+                    for old in list(q.users):  # the code halves' readers move to the new node
+                        if old.target is operator.getitem and old.args[1] // 3 not in halves:
+                            old.replace_all_uses_with(items[old.args[1]])
+                    for h in halves:
+                        self.values_of[(q, h)] = (items[3 * h], items[3 * h + 2])
+        return self.values_of[(q, half)]
+
+    def rewrite(self, gemm: Node, operands: list) -> None:
+        made = []
+        for codes, scale_bits, scale, src in operands:
+            if src is not None:
+                made.extend(self.quantizer_values(*src))
+            else:
+                with self.graph.inserting_before(gemm):
+                    made.extend((self.emit(gemm, torch.ops.nvfp4.dequantize.default, (codes, scale_bits, "nvfp4")),
+                                 scale))
+        bias, _, out_dtype = gemm.args[6:9]
+        with self.graph.inserting_before(gemm):
+            new = self.emit(gemm, torch.ops.nvfp4.gemm_values.default, (*made, bias, out_dtype))
+        gemm.replace_all_uses_with(new)
+        self.graph.erase_node(gemm)
+
+
+def use_bf16_operands(graph: Graph) -> int:
+    """Rewrite ``graph`` in place (module docstring); returns how many operands the quantizers now
+    hand over as BF16 values (the others are dequantized)."""
+    gemms = [n for n in graph.nodes if n.op == "call_function" and n.target is GEMM and n.args[7] == "nvfp4"]
+    if not gemms:
+        return 0
+    rewriter = _Rewriter(graph)
+    plans = rewriter.plan(gemms)
+    for gemm, operands in plans:
+        rewriter.rewrite(gemm, operands)
+    graph.eliminate_dead_code()
+    return sum(src is not None for _, operands in plans for *_, src in operands)

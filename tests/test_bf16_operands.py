@@ -1,0 +1,139 @@
+"""``passes/bf16_operands.py`` and the ops it uses: the emulated GEMMs take BF16 operands that the
+quantizers write directly, with numerics unchanged bit for bit, and FP4 still what the forward
+saves for the backward. On CPU the pass runs when ``NVFP4_COMPILE_BF16_OPERANDS=1`` forces it."""
+
+import pytest
+import torch
+import torch.nn as nn
+from torch._inductor import config as inductor_config
+
+import nvfp4_compile as nc
+from nvfp4_compile import ops
+from models import MLP
+
+pytestmark = pytest.mark.usefixtures("fresh_compile_state")
+
+NVFP4 = torch.ops.nvfp4
+
+
+def run(model, x, monkeypatch, bf16_operands: str, options=None, seed=0):
+    monkeypatch.setenv("NVFP4_COMPILE_BF16_OPERANDS", bf16_operands)
+    torch._dynamo.reset()
+    for p in model.parameters():
+        p.grad = None
+    torch.manual_seed(seed)
+    loss = torch.compile(model, backend="nvfp4", options=options)(x).square().mean()
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("sr", [False, True])
+def test_training_step_is_bit_identical_with_and_without(monkeypatch, sr):
+    torch.manual_seed(0)
+    model, x = MLP(), torch.randn(48, 64)
+    options = {"recipe": {"stochastic_rounding": sr}}
+    loss_codes, grads_codes = run(model, x, monkeypatch, "0", options)
+    loss_values, grads_values = run(model, x, monkeypatch, "1", options)
+    assert torch.equal(loss_codes, loss_values)
+    for name, g in grads_codes.items():
+        assert torch.equal(g, grads_values[name]), name
+
+
+def graphs_after(monkeypatch, model, x, bf16_operands: str):
+    """The forward and backward graphs Inductor lowers (after partitioning)."""
+    seen = []
+    monkeypatch.setenv("NVFP4_COMPILE_BF16_OPERANDS", bf16_operands)
+    with inductor_config.patch(post_grad_custom_post_pass=lambda g: seen.append(
+            [(n.target, n.args) for n in g.nodes if n.op == "call_function"])):
+        torch.compile(model, backend="nvfp4", options={"bf16_last_blocks_fraction": 0.0})(x).sum().backward()
+    return seen
+
+
+def test_quantizers_hand_over_values_and_saved_operands_stay_fp4(monkeypatch):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128, bias=False), nn.Linear(128, 32, bias=False))
+    x = torch.randn(48, 64, requires_grad=True)
+    forward, backward = graphs_after(monkeypatch, model, x, "1")
+    ops_of = lambda g: [t for t, _ in g]  # noqa: E731
+    for g in (forward, backward):
+        assert NVFP4.gemm.default not in ops_of(g) and NVFP4.gemm_values.default in ops_of(g)
+    # Forward: X rowwise as values (fprop), X^T as codes (saved for wgrad); the 2D weight as codes
+    # (saved for dgrad), dequantized for fprop.
+    pairs = [a for t, a in forward if t is NVFP4.quantize_pair_values.default]
+    assert pairs and all(a[-2:] == (True, False) for a in pairs)
+    assert ops_of(forward).count(NVFP4.dequantize.default) == 2  # the two weights
+    # Backward: dY both ways as values, X^T and W^T dequantized.
+    pairs = [a for t, a in backward if t is NVFP4.quantize_pair_values.default]
+    assert pairs and all(a[-2:] == (True, True) for a in pairs)
+    assert NVFP4.dequantize.default in ops_of(backward)
+
+
+def test_forward_saves_the_same_bytes(monkeypatch):
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(256, 256, bias=False) for _ in range(3)]).to(torch.bfloat16)
+    x = torch.randn(512, 256, dtype=torch.bfloat16, requires_grad=True)
+    saved = {}
+    for setting in ("0", "1"):
+        monkeypatch.setenv("NVFP4_COMPILE_BF16_OPERANDS", setting)
+        torch._dynamo.reset()
+        total = 0
+
+        def pack(t):
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            torch.compile(model, backend="nvfp4", options={"bf16_last_blocks_fraction": 0.0})(x)
+        saved[setting] = total
+    assert saved["1"] == saved["0"], saved
+
+
+def test_value_ops_equal_the_code_ops_composed():
+    torch.manual_seed(0)
+    x = torch.randn(40, 72) * torch.logspace(-3, 3, 72)
+    x[3, 5] = float("nan")
+    codes, bits, scale = ops.reference_quantize(x, "nvfp4", 1, "rne", "")
+    values, scale_v = NVFP4.quantize_values(x, "nvfp4", 1, "rne", "", False)
+    want = nc.numerics.block_scaled_values(ops._as_tensor(codes, bits, scale, "nvfp4", 1))
+    assert values.dtype == torch.bfloat16 and values.shape == (40, 80)  # K padded to 80
+    assert torch.equal(values.float().isnan(), want.isnan())
+    assert torch.equal(values.float().nan_to_num(), want.nan_to_num()) and torch.equal(scale, scale_v)
+    assert torch.equal(NVFP4.dequantize(codes, bits, "nvfp4").view(torch.int16), values.view(torch.int16))
+
+    pair = NVFP4.quantize_pair(x, "nvfp4", "rne", "rne", True, "")
+    mixed = NVFP4.quantize_pair_values(x, "nvfp4", "rne", "rne", True, "", True, False)
+    assert torch.equal(mixed[0].view(torch.int16), NVFP4.dequantize(pair[0], pair[1], "nvfp4").view(torch.int16))
+    assert mixed[1].numel() == 0 and all(torch.equal(a, b) for a, b in zip(mixed[2:], pair[2:]))
+
+    b = torch.randn(24, 72)
+    qb = NVFP4.quantize(b, "nvfp4", 1, "rne", "", False)
+    bias = torch.randn(24)
+    clean = x.nan_to_num()
+    qa = NVFP4.quantize(clean, "nvfp4", 1, "rne", "", False)
+    for out_dtype in (torch.bfloat16, torch.float32):
+        want = NVFP4.gemm(*qa, *qb, bias, "nvfp4", out_dtype)
+        got = NVFP4.gemm_values(NVFP4.dequantize(qa[0], qa[1], "nvfp4"), qa[2],
+                                NVFP4.dequantize(qb[0], qb[1], "nvfp4"), qb[2], bias, out_dtype)
+        assert torch.equal(got, want)
+
+
+def test_mxfp4_has_no_bf16_operands():
+    with pytest.raises(ValueError, match="NVFP4 only"):
+        NVFP4.quantize_values(torch.randn(4, 32), "mxfp4", 1, "rne", "", False)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("sr", [False, True])
+def test_cuda_training_step_is_bit_identical_with_and_without(monkeypatch, sr):
+    """The Triton kernels and cuBLASLt: the quantizers' BF16 operands give the bits the dequantize
+    kernel's gave, so a seeded step matches the code path exactly (default: on for CUDA)."""
+    torch.manual_seed(0)
+    model = MLP(dims=(256, 512, 384, 128)).cuda().to(torch.bfloat16)
+    x = torch.randn(512, 256, device="cuda", dtype=torch.bfloat16)
+    options = {"recipe": {"stochastic_rounding": sr}, "bf16_last_blocks_fraction": 0.0}
+    loss_codes, grads_codes = run(model, x, monkeypatch, "0", options)
+    loss_values, grads_values = run(model, x, monkeypatch, "", options)
+    assert torch.equal(loss_codes, loss_values)
+    for name, g in grads_codes.items():
+        assert torch.equal(g, grads_values[name]), name
