@@ -36,6 +36,10 @@ SWEEP = {
     "rht_sr": [Tile(64, 64, 8), Tile(128, 64, 8), Tile(64, 128, 8), Tile(128, 64, 4), Tile(64, 64, 4)],
     "amax": [Tile(32, 256, 4), Tile(64, 256, 8), Tile(32, 512, 8), Tile(16, 512, 4)],
     "rht_amax": [Tile(64, 64, 8), Tile(64, 64, 4), Tile(128, 64, 4), Tile(128, 64, 8)],
+    "rne_values": [Tile(16, 256, 4), Tile(16, 512, 8), Tile(32, 256, 8), Tile(16, 128, 2), Tile(8, 256, 2),
+                   Tile(16, 256, 8), Tile(32, 128, 4)],
+    "sr_values": [Tile(16, 128, 4), Tile(16, 256, 8), Tile(32, 128, 8), Tile(16, 64, 2), Tile(8, 128, 2),
+                  Tile(16, 128, 8)],
     "rht_transpose": [Tile(64, 64, 4), Tile(64, 128, 4), Tile(128, 64, 4), Tile(64, 64, 8), Tile(128, 128, 8),
                       Tile(32, 128, 4), Tile(64, 256, 8)],
 }
@@ -60,15 +64,23 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=8192)
     parser.add_argument("--sweep", action="store_true", help="time every tile configuration in SWEEP")
     parser.add_argument("--sweep-pair", action="store_true", help="time every tile configuration in PAIR_SWEEP")
+    parser.add_argument("--only", nargs="+", default=None, help="time only the kernels whose names contain one of these")
     args = parser.parse_args(argv)
     n = args.size
     x = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
     clone = median_ms(lambda: x.clone())
     gbytes = 2 * n * n * 2 / 1e9
     cases = {"x.clone() (read+write)": lambda: x.clone()}
+    amax = x.float().abs().max().view(torch.int32)  # FP32 bits, as the amax passes leave them
     kernels = {  # name: (call, the tile fields it uses)
         "1x16 RNE": (lambda t: quantize_nvfp4(x, 1, "rne", tiles=t), ("rne", "amax")),
         "1x16 SR": (lambda t: quantize_nvfp4(x, 1, "sr", tiles=t), ("sr",)),
+        "1x16 RNE, amax given": (lambda t: quantize_nvfp4(x, 1, "rne", tiles=t, amax_bits=amax), ("rne",)),
+        "1x16 RNE, amax given, BF16 values out": (
+            lambda t: quantize_nvfp4(x, 1, "rne", tiles=t, amax_bits=amax, values=True), ("rne_values",)),
+        "1x16 SR, amax given": (lambda t: quantize_nvfp4(x, 1, "sr", tiles=t, amax_bits=amax), ("sr",)),
+        "1x16 SR, amax given, BF16 values out": (
+            lambda t: quantize_nvfp4(x, 1, "sr", tiles=t, amax_bits=amax, values=True), ("sr_values",)),
         "16x16 RNE (2D weight)": (lambda t: quantize_nvfp4(x, 16, "rne", tiles=t), ("two_d",)),
         "X^T RHT 1x16 RNE (wgrad)": (lambda t: quantize_nvfp4(x.t(), 1, "rne", rht=True, tiles=t),
                                      ("rht_transpose", "rne")),
@@ -79,41 +91,45 @@ def main(argv=None):
             fused_rht(lambda t: quantize_nvfp4(x.t(), 1, "sr", rht=True, tiles=t)), ("rht_sr",)),
     }
     for name, (fn, fields) in kernels.items():
+        if args.only and not any(o in name for o in args.only):
+            continue
         variants = [("", QuantizeTiles())]
         if args.sweep:
             variants += [(f" {f}={tuple(tile)}", QuantizeTiles(**{f: tile})) for f in fields for tile in SWEEP[f][1:]]
         for suffix, tiles in variants:
             cases[f"triton {name}{suffix}"] = (lambda f, t: lambda: f(t))(fn, tiles)
-    # Both quantizations of X (fprop rowwise RNE, wgrad X^T with the RHT) and of dY (both SR):
-    # one single-pass kernel against the two quantize kernels it replaces.
-    pairs = {"X pair: 1x16 RNE + X^T RHT RNE": ("rne", "rne"), "dY pair: 1x16 SR + dY^T RHT SR": ("sr", "sr")}
-    for name, (r, rt) in pairs.items():
-        for tiles in PAIR_SWEEP if args.sweep_pair else [PairTiles()]:
-            label = f"triton {name}, one pass" + (f" amax k{tiles.amax_k}w{tiles.amax_warps} q k{tiles.quantize_k}"
-                                                  f"w{tiles.quantize_warps}" if args.sweep_pair else "")
-            cases[label] = (lambda r, rt, t: lambda: quantize_pair_nvfp4(x, r, rt, True, tiles=t))(r, rt, tiles)
-        cases[f"triton {name}, two quantize calls"] = (lambda r, rt: lambda: (quantize_nvfp4(x, 1, r),
-                                                                            quantize_nvfp4(x.t(), 1, rt, rht=True)))(r, rt)
-        cases[f"triton {name}, rht_transpose + 2 rowwise (default)"] = (
-            lambda r, rt: lambda: quantize_pair_rht(x, r, rt))(r, rt)
-    from nvfp4_compile.kernels.triton_transpose import transpose_2d_nvfp4
+    if not args.only:  # the pair, transpose and peer rows
+        # Both quantizations of X (fprop rowwise RNE, wgrad X^T with the RHT) and of dY (both SR):
+        # one single-pass kernel against the two quantize kernels it replaces.
+        pairs = {"X pair: 1x16 RNE + X^T RHT RNE": ("rne", "rne"), "dY pair: 1x16 SR + dY^T RHT SR": ("sr", "sr")}
+        for name, (r, rt) in pairs.items():
+            for tiles in PAIR_SWEEP if args.sweep_pair else [PairTiles()]:
+                label = f"triton {name}, one pass" + (f" amax k{tiles.amax_k}w{tiles.amax_warps} q k{tiles.quantize_k}"
+                                                      f"w{tiles.quantize_warps}" if args.sweep_pair else "")
+                cases[label] = (lambda r, rt, t: lambda: quantize_pair_nvfp4(x, r, rt, True, tiles=t))(r, rt, tiles)
+            cases[f"triton {name}, two quantize calls"] = (lambda r, rt: lambda: (quantize_nvfp4(x, 1, r),
+                                                                                quantize_nvfp4(x.t(), 1, rt, rht=True)))(r, rt)
+            cases[f"triton {name}, rht_transpose + 2 rowwise (default)"] = (
+                lambda r, rt: lambda: quantize_pair_rht(x, r, rt))(r, rt)
+        from nvfp4_compile.kernels.triton_transpose import transpose_2d_nvfp4
 
-    w_codes, w_scales, _ = quantize_nvfp4(x, 16, "rne")
-    cases["triton transpose_2d (W^T from 2D W)"] = lambda: transpose_2d_nvfp4(w_codes, w_scales)
-    cases["reference transpose_2d (PyTorch)"] = lambda: ops._reference_transpose_2d(w_codes, w_scales, "nvfp4")
+        w_codes, w_scales, _ = quantize_nvfp4(x, 16, "rne")
+        cases["triton transpose_2d (W^T from 2D W)"] = lambda: transpose_2d_nvfp4(w_codes, w_scales)
+        cases["reference transpose_2d (PyTorch)"] = lambda: ops._reference_transpose_2d(w_codes, w_scales, "nvfp4")
     from nvfp4_compile.kernels.triton_dequant import dequantize_to_bf16
 
     codes, scales, _ = quantize_nvfp4(x, 1, "rne")
     cases["dequantize_to_bf16 (GEMM operand)"] = lambda: dequantize_to_bf16(codes, scales)
-    naive = torch.compile(lambda t: nc.quantize(t))
-    cases["reference, torch.compile (naive)"] = lambda: naive(x)
-    try:
-        from torchao.prototype.mx_formats.nvfp4_tensor import nvfp4_quantize, per_tensor_amax_to_scale
+    if not args.only:
+        naive = torch.compile(lambda t: nc.quantize(t))
+        cases["reference, torch.compile (naive)"] = lambda: naive(x)
+        try:
+            from torchao.prototype.mx_formats.nvfp4_tensor import nvfp4_quantize, per_tensor_amax_to_scale
 
-        compiled_ao = torch.compile(lambda t: nvfp4_quantize(t, per_tensor_scale=per_tensor_amax_to_scale(t.abs().max())))
-        cases["torchao nvfp4_quantize (compiled)"] = lambda: compiled_ao(x)
-    except Exception as err:  # torchao missing or its API moved
-        print(f"torchao peer not run: {err}")
+            compiled_ao = torch.compile(lambda t: nvfp4_quantize(t, per_tensor_scale=per_tensor_amax_to_scale(t.abs().max())))
+            cases["torchao nvfp4_quantize (compiled)"] = lambda: compiled_ao(x)
+        except Exception as err:  # torchao missing or its API moved
+            print(f"torchao peer not run: {err}")
     rows = []
     for name, fn in cases.items():
         print(f"timing {name}", flush=True)

@@ -51,6 +51,7 @@ class _Rewriter:
         self.backward = _backward_nodes(graph)
         self.values_of: dict[tuple[Node, int], tuple[Node, Node]] = {}  # (quantizer, half) -> (values, scale)
         self.pair_halves: dict[Node, set[int]] = {}  # quantize_pair -> halves (0 rows, 1 columns) to make values
+        self.moved: dict[Node, Node] = {}  # an old pair's getitem -> the new pair's
 
     def emit(self, like: Node, target, args) -> Node:
         node = self.graph.call_function(target, args)
@@ -94,6 +95,10 @@ class _Rewriter:
                     vq = self.emit(q, torch.ops.nvfp4.quantize_values.default, q.args)
                     self.values_of[(q, 0)] = (self.emit(q, operator.getitem, (vq, 0)),
                                               self.emit(q, operator.getitem, (vq, 1)))
+                    for old in list(q.users):  # another reader of the scale moves to the new node
+                        if old.target is operator.getitem and old.args[1] == 2:
+                            old.replace_all_uses_with(self.values_of[(q, 0)][1])
+                            self.moved[old] = self.values_of[(q, 0)][1]
                 else:
                     halves = self.pair_halves[q]
                     vq = self.emit(q, torch.ops.nvfp4.quantize_pair_values.default,
@@ -102,6 +107,7 @@ class _Rewriter:
                     for old in list(q.users):  # the code halves' readers move to the new node
                         if old.target is operator.getitem and old.args[1] // 3 not in halves:
                             old.replace_all_uses_with(items[old.args[1]])
+                            self.moved[old] = items[old.args[1]]
                     for h in halves:
                         self.values_of[(q, h)] = (items[3 * h], items[3 * h + 2])
         return self.values_of[(q, half)]
@@ -109,6 +115,7 @@ class _Rewriter:
     def rewrite(self, gemm: Node, operands: list) -> None:
         made = []
         for codes, scale_bits, scale, src in operands:
+            codes, scale_bits, scale = (self.moved.get(n, n) for n in (codes, scale_bits, scale))
             if src is not None:
                 made.extend(self.quantizer_values(*src))
             else:
@@ -132,5 +139,14 @@ def use_bf16_operands(graph: Graph) -> int:
     plans = rewriter.plan(gemms)
     for gemm, operands in plans:
         rewriter.rewrite(gemm, operands)
-    graph.eliminate_dead_code()
+    # The replaced quantizers go explicitly: dead-code elimination need not remove a custom op
+    # (a dead one would still run and quantize its input a second time).
+    for q, _ in list(rewriter.values_of):
+        if q.graph is not graph:
+            continue
+        for item in list(q.users):
+            if item.target is operator.getitem and not item.users:
+                graph.erase_node(item)
+        if not q.users:
+            graph.erase_node(q)
     return sum(src is not None for _, operands in plans for *_, src in operands)

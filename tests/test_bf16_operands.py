@@ -57,6 +57,10 @@ def test_quantizers_hand_over_values_and_saved_operands_stay_fp4(monkeypatch):
     ops_of = lambda g: [t for t, _ in g]  # noqa: E731
     for g in (forward, backward):
         assert NVFP4.gemm.default not in ops_of(g) and NVFP4.gemm_values.default in ops_of(g)
+        assert NVFP4.quantize_pair.default not in ops_of(g)  # replaced, not left to run twice
+    assert ops_of(forward).count(NVFP4.quantize_pair_values.default) == 2  # X of each layer, once
+    assert ops_of(forward).count(NVFP4.quantize.default) == 2  # the 2D weights
+    assert NVFP4.quantize.default not in ops_of(backward) and NVFP4.quantize_pair_values.default in ops_of(backward)
     # Forward: X rowwise as values (fprop), X^T as codes (saved for wgrad); the 2D weight as codes
     # (saved for dgrad), dequantized for fprop.
     pairs = [a for t, a in forward if t is NVFP4.quantize_pair_values.default]

@@ -317,6 +317,8 @@ class QuantizeTiles:
     rht: Tile = Tile(64, 64, 8)
     rht_sr: Tile = Tile(64, 64, 8)
     rht_transpose: Tile = Tile(64, 64, 4)  # rows: tokens, k: features (``triton_rht_transpose``)
+    rne_values: Tile = Tile(16, 256, 4)  # the two rowwise kernels writing BF16 values (``values=True``)
+    sr_values: Tile = Tile(16, 128, 4)
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -398,6 +400,8 @@ def quantize_nvfp4(x: torch.Tensor, block_rows: int = 1, rounding: str = "rne", 
         qr, qk, warps = tiles.two_d
     elif rht:
         qr, qk, warps = tiles.rht_sr if sr else tiles.rht
+    elif values:
+        qr, qk, warps = tiles.sr_values if sr else tiles.rne_values
     else:
         qr, qk, warps = tiles.sr if sr else tiles.rne
     _QUANTIZE[(cdiv(R, qr), cdiv(K, qk))](
