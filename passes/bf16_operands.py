@@ -141,9 +141,7 @@ def use_bf16_operands(graph: Graph) -> int:
         rewriter.rewrite(gemm, operands)
     # The replaced quantizers go explicitly: dead-code elimination need not remove a custom op
     # (a dead one would still run and quantize its input a second time).
-    for q, _ in list(rewriter.values_of):
-        if q.graph is not graph:
-            continue
+    for q in dict.fromkeys(q for q, _ in rewriter.values_of):  # each once, in order
         for item in list(q.users):
             if item.target is operator.getitem and not item.users:
                 graph.erase_node(item)
