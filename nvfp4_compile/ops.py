@@ -1,6 +1,7 @@
 """The custom operators the graph pass inserts: ``nvfp4::quantize`` (with the 16-point RHT
-fused when asked), ``nvfp4::transpose_2d`` and ``nvfp4::gemm``; and ``nvfp4::rht``, the
-transform alone.
+fused when asked) and ``nvfp4::quantize_pair``, ``nvfp4::transpose_2d`` and ``nvfp4::gemm``;
+their BF16-operand forms for the Hopper emulation (``quantize_values``, ``quantize_pair_values``,
+``dequantize``, ``gemm_values``); and ``nvfp4::rht``, the transform alone.
 
 They are ``torch.library`` custom ops, so Inductor calls them as extern kernels and
 AOTAutograd's partitioner can save their outputs (FP4 codes and scales) for the

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import math
 import operator
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -36,6 +38,8 @@ from nvfp4_compile.recipe import OperandTreatment, Recipe, treatment
 from .bf16_operands import use_bf16_operands
 from .gemm_roles import Gemm, ParamInfo, find_gemms
 from .pair_quantize import fuse_quantize_pairs
+
+log = logging.getLogger(__name__)
 
 HEAD_NAMES = {"lm_head", "head", "output", "classifier", "score", "embed_out", "output_layer"}
 COPIED_META = ("nn_module_stack", "fwd_nn_module_stack", "stack_trace", "seq_nr", "autograd_backward",
@@ -76,18 +80,26 @@ BF16_OPERANDS_ENV = "NVFP4_COMPILE_BF16_OPERANDS"
 
 def _bf16_operands(placeholders: list[Node]) -> bool:
     """Whether ``bf16_operands`` applies: by default where the GEMMs run emulated (a CUDA device
-    that is not one the sm_100a GEMM serves); ``NVFP4_COMPILE_BF16_OPERANDS=0`` never, ``=1``
-    always (on CPUs too: the references of both forms agree bit for bit)."""
+    that is not one the sm_100a GEMM serves), unless the NVFP4 weight all-gather is on in this
+    process (``nvfp4_compile.distributed.fp4_all_gather_enabled``: its peak memory grew with BF16
+    operands); ``NVFP4_COMPILE_BF16_OPERANDS=0`` never, ``=1`` always (on CPUs too: the
+    references of both forms agree bit for bit)."""
     setting = os.environ.get(BF16_OPERANDS_ENV, "")
     if setting in ("0", "1"):
         return setting == "1"
     devices = {v.device for n in placeholders if isinstance(v := n.meta.get("val"), torch.Tensor)}
     cuda = [d for d in devices if d.type == "cuda"]
-    if not cuda:
+    return bool(cuda) and bf16_operands_by_default(cuda[0])
+
+
+def bf16_operands_by_default(device: torch.device) -> bool:
+    distributed = sys.modules.get("nvfp4_compile.distributed")
+    if distributed is not None and distributed.fp4_all_gather_enabled:
+        log.info("nvfp4: GEMM operands stay FP4 codes: the NVFP4 weight all-gather is enabled")
         return False
     from cutlass_kernels.dispatch import use_sm100_gemm
 
-    return not use_sm100_gemm(cuda[0])
+    return not use_sm100_gemm(device)
 
 
 def _size_hint(d) -> int | None:
@@ -129,6 +141,8 @@ class QuantizeGemmsPass(CustomGraphPass):
         h.update(repr(self.params).encode())
         h.update(repr(self.model_modules).encode())
         h.update(os.environ.get(BF16_OPERANDS_ENV, "").encode())
+        distributed = sys.modules.get("nvfp4_compile.distributed")
+        h.update(b"fp4-all-gather" if distributed is not None and distributed.fp4_all_gather_enabled else b"")
         return h.hexdigest()
 
     # -- decisions -------------------------------------------------------------------

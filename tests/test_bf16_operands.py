@@ -141,3 +141,27 @@ def test_cuda_training_step_is_bit_identical_with_and_without(monkeypatch, sr):
     assert torch.equal(loss_codes, loss_values)
     for name, g in grads_codes.items():
         assert torch.equal(g, grads_values[name]), name
+
+
+def test_on_by_default_only_for_emulated_cuda_gemms_without_the_fp4_all_gather(monkeypatch):
+    from cutlass_kernels import dispatch
+    from nvfp4_compile import distributed
+    from passes import quantize_gemms
+
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(dispatch, "use_sm100_gemm", lambda device: False)  # Hopper: emulated GEMMs
+    assert quantize_gemms.bf16_operands_by_default(cuda)
+    monkeypatch.setattr(dispatch, "use_sm100_gemm", lambda device: True)  # the native FP4 GEMM takes codes
+    assert not quantize_gemms.bf16_operands_by_default(cuda)
+    monkeypatch.setattr(dispatch, "use_sm100_gemm", lambda device: False)
+    monkeypatch.setattr(distributed, "fp4_all_gather_enabled", True)
+    assert not quantize_gemms.bf16_operands_by_default(cuda)
+
+
+def test_enabling_the_fp4_all_gather_turns_the_default_off(monkeypatch):
+    from nvfp4_compile import distributed
+
+    monkeypatch.setattr(distributed, "fp4_all_gather_enabled", False)
+    model = nn.Sequential(nn.Linear(64, 64, bias=False), nn.Linear(64, 64, bias=False))
+    assert distributed.enable_nvfp4_all_gather(model, world_size=2)
+    assert distributed.fp4_all_gather_enabled
