@@ -45,3 +45,17 @@ def golden():
 
 def golden_cases():
     return json.loads((GOLDEN_DIR / "cases.json").read_text())
+
+
+def saved_bytes(fn) -> int:
+    """Bytes of the tensors autograd saves for the backward while ``fn()`` runs."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total

@@ -8,6 +8,7 @@ from torch._inductor import config as inductor_config
 
 import nvfp4_compile as nc
 from nvfp4_compile import decisions
+from conftest import saved_bytes
 from emulation import emulate
 from models import MLP, Block, TinyGPT
 
@@ -214,19 +215,6 @@ def test_backend_is_registered_once():
         return
     assert any(ep.name == "nvfp4" for ep in entry_points(group="torch_dynamo_backends"))
     nc.backend.register()  # idempotent: no "duplicate name"
-
-
-def saved_bytes(fn):
-    total = 0
-
-    def pack(t):
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return total
 
 
 def test_forward_saves_fp4_activations_instead_of_bf16():

@@ -8,6 +8,7 @@ import torch.nn as nn
 from torch._inductor import config as inductor_config
 
 import nvfp4_compile as nc
+from conftest import saved_bytes
 from nvfp4_compile import ops
 from models import MLP
 
@@ -80,16 +81,8 @@ def test_forward_saves_the_same_bytes(monkeypatch):
     for setting in ("0", "1"):
         monkeypatch.setenv("NVFP4_COMPILE_BF16_OPERANDS", setting)
         torch._dynamo.reset()
-        total = 0
-
-        def pack(t):
-            nonlocal total
-            total += t.numel() * t.element_size()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            torch.compile(model, backend="nvfp4", options={"bf16_last_blocks_fraction": 0.0})(x)
-        saved[setting] = total
+        compiled = torch.compile(model, backend="nvfp4", options={"bf16_last_blocks_fraction": 0.0})
+        saved[setting] = saved_bytes(lambda: compiled(x))
     assert saved["1"] == saved["0"], saved
 
 
