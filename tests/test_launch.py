@@ -42,7 +42,8 @@ class Kernel:
 @pytest.fixture
 def kernel(monkeypatch):
     monkeypatch.setattr(launch, "_hooks_set", lambda: False)
-    monkeypatch.setattr(launch, "_current_stream", lambda device: 1234)
+    monkeypatch.setattr(launch, "_current_stream", lambda device: 1234 + device)
+    monkeypatch.setattr(launch, "_current_device", lambda: 0)
     monkeypatch.setattr(launch, "ENABLED", True)
     return Kernel()
 
@@ -91,3 +92,17 @@ def test_triton_launches_every_time_when_the_cache_does_not_apply(kernel, monkey
     for _ in range(3):
         fast[(1,)](x, 64, BLOCK=32)
     assert len(kernel.compiled) == 3
+
+
+def test_the_current_device_is_part_of_the_key_and_the_cache_is_bounded(kernel, monkeypatch):
+    fast = launch.fast_launch(kernel)
+    x = torch.zeros(64)
+    fast[(1,)](x, 64, BLOCK=32)
+    monkeypatch.setattr(launch, "_current_device", lambda: 1)
+    fast[(1,)](x, 64, BLOCK=32)  # another device: Triton's own kernel for it
+    fast[(1,)](x, 64, BLOCK=32)
+    assert len(kernel.compiled) == 2 and kernel.compiled[1][3].launches[0][3] == 1235  # device 1's stream
+    monkeypatch.setattr(launch, "MAX_LAUNCHERS", 3)
+    for n in range(5):
+        fast[(1,)](x, 100 + n, BLOCK=32)
+    assert len(fast._launchers) <= 3

@@ -8,7 +8,8 @@ launch hooks each time (~27 us a launch on an H100 host, ``bench/host_overhead.p
 ``fast_launch(kernel)`` wraps a ``triton.jit`` function with the same ``[grid](*args, **kwargs)``
 syntax. The first launch of a given *launch key* goes through Triton, which compiles (or finds)
 the kernel; the ``CompiledKernel`` it returns is kept, and later launches with the same key call
-its launcher directly. The launch key holds every keyword argument (constexprs, ``num_warps``),
+its launcher directly, on the current device's current stream as Triton would. The launch key
+holds the current device, every keyword argument (constexprs, ``num_warps``),
 every non-tensor argument's type and value, and every tensor argument's dtype, device and
 whether its address is 16-byte aligned: a superset of what Triton specializes a kernel on (a
 pointer's dtype and 16-byte alignment; an integer equal to 1, divisible by 16, or beyond 32
@@ -45,8 +46,17 @@ def _hooks_set() -> bool:
                 or getattr(runtime.launch_exit_hook, "calls", runtime.launch_exit_hook))
 
 
+def _current_device() -> int:
+    return torch._C._cuda_getDevice()
+
+
 def _current_stream(device: int) -> int:
     return torch._C._cuda_getCurrentRawStream(device)
+
+
+#: Launch keys kept per kernel; an integer argument is keyed by its value, so a run over many
+#: sizes would otherwise keep one entry for each.
+MAX_LAUNCHERS = 4096
 
 
 def _launch_key(args, kwargs) -> tuple:
@@ -83,16 +93,19 @@ class FastLaunch:
     def launch(self, grid, args, kwargs):
         if not (ENABLED and self.cacheable) or _hooks_set():
             return self.fn[grid](*args, **kwargs)
-        key = _launch_key(args, kwargs)
+        # Triton compiles and launches for the current device, on its current stream: so do we.
+        device = _current_device()
+        key = (device, _launch_key(args, kwargs))
         entry = self._launchers.get(key)
         if entry is None:
             compiled = self.fn[grid](*args, **kwargs)
             if compiled is None or hasattr(compiled, "result"):  # not compiled synchronously: no cache
                 return compiled
-            device = next(a.get_device() for a in args if isinstance(a, torch.Tensor))
-            self._launchers[key] = (compiled, self._trailing_arguments(len(args)), device)
+            if len(self._launchers) >= MAX_LAUNCHERS:  # many shapes (dynamic sizes): start over
+                self._launchers.clear()
+            self._launchers[key] = (compiled, self._trailing_arguments(len(args)))
             return compiled
-        compiled, trailing, device = entry
+        compiled, trailing = entry
         values = args + tuple(kwargs.get(name, default) for name, default in trailing)
         grid = tuple(grid) + (1, 1)
         compiled.run(grid[0], grid[1], grid[2], _current_stream(device), compiled.function,
