@@ -136,15 +136,18 @@ for shape in [(128, 96), (70, 40)]:
 x = (torch.randn(48, 96) * torch.logspace(-4, 4, 96)).bfloat16()
 x[3, 5], x[40, 17] = float("nan"), float("-inf")
 seed = torch.tensor(1234, dtype=torch.int32)
-for block_rows, rht, src, rounding in [(1, False, x, "rne"), (16, False, x, "rne"), (1, True, x.t(), "rne"),
-                                       (1, False, x, "sr"), (1, True, x.t(), "sr")]:
+for block_rows, rht, src, rounding, fused in [(1, False, x, "rne", ""), (16, False, x, "rne", ""),
+                                              (1, True, x.t(), "rne", ""), (1, True, x.t(), "rne", "1"),
+                                              (1, False, x, "sr", ""), (1, True, x.t(), "sr", "")]:
+    os.environ["NVFP4_COMPILE_FUSED_RHT"] = fused  # "1": the RHT inside the quantize kernel
     codes, scales, s_dec = quantize_nvfp4(src, block_rows, rounding, rht=rht, seed=seed)
     values, s_dec_v = quantize_nvfp4(src, block_rows, rounding, rht=rht, seed=seed, values=True)
     want = dequantize_to_bf16(codes, scales)
     if not (torch.equal(values.isnan(), want.isnan()) and torch.equal(values.nan_to_num().view(torch.int16),
                                                                       want.nan_to_num().view(torch.int16))
             and s_dec.item() == s_dec_v.item()):
-        bad.append(("values", block_rows, rht, rounding))
+        bad.append(("values", block_rows, rht, rounding, fused))
+os.environ["NVFP4_COMPILE_FUSED_RHT"] = ""
 x = (torch.randn(64, 96) * torch.logspace(-4, 4, 96)).bfloat16()
 want = ops.reference_quantize_pair_values(x, "nvfp4", "rne", "rne", True, "", True, False)
 got = quantize_pair_rht(x, "rne", "rne", values=(True, False))

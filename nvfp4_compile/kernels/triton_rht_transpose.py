@@ -70,8 +70,8 @@ def rht_transpose(x: torch.Tensor, block_t: int = 64, block_f: int = 64, num_war
     n_tiles = cdiv(T, block_t) * tiles_f
     programs = min(n_tiles, _programs(x.device))
     _RHT_TRANSPOSE[(programs,)](x, y, amax_bits, T, F, x.stride(0), x.stride(1), y.stride(0), tiles_f,
-                                       programs, cdiv(n_tiles, programs), X_AMAX=x_amax, BLOCK_T=block_t,
-                                       BLOCK_F=block_f, num_warps=num_warps)
+                                programs, cdiv(n_tiles, programs), X_AMAX=x_amax, BLOCK_T=block_t,
+                                BLOCK_F=block_f, num_warps=num_warps)
     return (y, *amaxes)
 
 
