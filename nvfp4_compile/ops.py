@@ -160,24 +160,21 @@ def _(a_codes, a_scale_bits, a_scale, b_codes, b_scale_bits, b_scale, bias, form
 # ops above, composed, so both forms agree bit for bit.
 
 
-def _values(codes, scale_bits, format: str) -> torch.Tensor:
+def reference_dequantize(codes: torch.Tensor, scale_bits: torch.Tensor, format: str) -> torch.Tensor:
+    """``q * s_dec_b`` of 1x16 NVFP4 codes in BF16 ``[rows, Kp]``: exact (2 x 4 significant bits).
+    S_dec is not applied: the GEMM applies it as alpha."""
     if format != "nvfp4":
         raise ValueError(f"BF16 operands are NVFP4 only (E8M0 scales overflow BF16); got {format!r}")
-    return block_scaled_values_bf16(codes, scale_bits)
-
-
-def block_scaled_values_bf16(codes: torch.Tensor, scale_bits: torch.Tensor) -> torch.Tensor:
-    """``q * s_dec_b`` of 1x16 NVFP4 codes as BF16 ``[rows, Kp]``: exact (2 x 4 significant bits)."""
     from .numerics import block_scaled_values
 
-    return block_scaled_values(_as_tensor(codes, scale_bits, torch.ones(()), "nvfp4", 1)).to(torch.bfloat16)
+    return block_scaled_values(_as_tensor(codes, scale_bits, torch.ones(()), format, 1)).to(torch.bfloat16)
 
 
 def reference_quantize_values(x: torch.Tensor, format: str, block_rows: int, rounding: str, check: str,
                               rht: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``quantize`` followed by ``dequantize``: (``q * s_dec_b`` in BF16 ``[rows, Kp]``, S_dec)."""
     codes, scale_bits, scale = reference_quantize(x, format, block_rows, rounding, check, rht)
-    return _values(codes, scale_bits, format), scale
+    return reference_dequantize(codes, scale_bits, format), scale
 
 
 quantize_values = torch.library.custom_op("nvfp4::quantize_values", mutates_args=())(reference_quantize_values)
@@ -189,11 +186,12 @@ def _(x, format, block_rows, rounding, check, rht=False):
     return x.new_empty((x.shape[0], kp), dtype=torch.bfloat16), x.new_empty((), dtype=torch.float32)
 
 
-def _pair_outputs(pair: tuple, values: tuple[bool, bool], format: str) -> tuple:
+def _pair_outputs(pair: tuple, values: tuple[bool, bool], format: str, dequantize_fn) -> tuple:
+    """``quantize_pair``'s six outputs with the halves named by ``values`` dequantized."""
     out = []
     for (codes, scale_bits, scale), as_values in zip((pair[:3], pair[3:]), values):
         if as_values:
-            out.extend((_values(codes, scale_bits, format), codes.new_empty((0,)), scale))
+            out.extend((dequantize_fn(codes, scale_bits, format), codes.new_empty((0,)), scale))
         else:
             out.extend((codes, scale_bits, scale))
     return tuple(out)
@@ -206,7 +204,7 @@ def reference_quantize_pair_values(x: torch.Tensor, format: str, rounding: str, 
     """``quantize_pair`` with either half as ``quantize_values`` returns it: (BF16 values, an empty
     uint8 tensor where the scale bits were, S_dec)."""
     pair = reference_quantize_pair(x, format, rounding, rounding_t, rht_t, check)
-    return _pair_outputs(pair, (rows_as_values, cols_as_values), format)
+    return _pair_outputs(pair, (rows_as_values, cols_as_values), format, reference_dequantize)
 
 
 quantize_pair_values = torch.library.custom_op("nvfp4::quantize_pair_values", mutates_args=())(
@@ -224,11 +222,6 @@ def _(x, format, rounding, rounding_t, rht_t, check, rows_as_values, cols_as_val
         else:
             out.extend((codes, scale_bits, scale))
     return tuple(out)
-
-
-def reference_dequantize(codes: torch.Tensor, scale_bits: torch.Tensor, format: str) -> torch.Tensor:
-    """``q * s_dec_b`` in BF16 (S_dec not applied: the GEMM applies it as alpha)."""
-    return _values(codes, scale_bits, format)
 
 
 dequantize = torch.library.custom_op("nvfp4::dequantize", mutates_args=())(reference_dequantize)
@@ -315,22 +308,35 @@ def _fast_path_available(device: torch.device) -> bool:
     return _triton_installed()
 
 
-@_cuda_kernel(quantize)
-def _(x, format, block_rows, rounding, check, rht=False):
+def _quantize_cuda(x, format, block_rows, rounding, check, rht, values: bool):
+    """``quantize`` (codes) or ``quantize_values`` (BF16 values) on CUDA."""
     if format != "nvfp4" or not _fast_path_available(x.device):
-        return reference_quantize(x, format, block_rows, rounding, check, rht)
+        reference = reference_quantize_values if values else reference_quantize
+        return reference(x, format, block_rows, rounding, check, rht)
     from .kernels.triton_quantize import quantize_nvfp4
 
-    return quantize_nvfp4(_checked_and_padded(x, 16, check), block_rows, rounding, rht=rht)
+    return quantize_nvfp4(_checked_and_padded(x, 16, check), block_rows, rounding, rht=rht, values=values)
 
 
-@_cuda_kernel(quantize_pair)
-def _(x, format, rounding, rounding_t, rht_t, check):
+@_cuda_kernel(quantize)
+def _(x, format, block_rows, rounding, check, rht=False):
+    return _quantize_cuda(x, format, block_rows, rounding, check, rht, values=False)
+
+
+@_cuda_kernel(quantize_values)
+def _(x, format, block_rows, rounding, check, rht=False):
+    return _quantize_cuda(x, format, block_rows, rounding, check, rht, values=True)
+
+
+def _quantize_pair_cuda(x, format, rounding, rounding_t, rht_t, check, values: tuple[bool, bool]):
+    """``quantize_pair`` on CUDA; ``values`` names the halves that come as BF16 values
+    (``quantize_pair_values``)."""
     fast = format == "nvfp4" and not check and _fast_path_available(x.device)
     # NVFP4_COMPILE_PAIR_KERNEL=1: one single-pass kernel for both (triton_quantize_pair): bit-identical
     # but slower on an H100 (bench/RESULTS.md): transposing and transforming a tile on chip costs
-    # more instructions than the second read of x saves (not with FP16/FP32 + RHT).
-    if fast and (x.dtype == torch.bfloat16 or not rht_t) and os.environ.get("NVFP4_COMPILE_PAIR_KERNEL") == "1":
+    # more instructions than the second read of x saves (not with FP16/FP32 + RHT). Codes only.
+    if (fast and not any(values) and (x.dtype == torch.bfloat16 or not rht_t)
+            and os.environ.get("NVFP4_COMPILE_PAIR_KERNEL") == "1"):
         from .kernels.triton_quantize_pair import quantize_pair_nvfp4
 
         return quantize_pair_nvfp4(x, rounding, rounding_t, rht_t)
@@ -340,9 +346,20 @@ def _(x, format, rounding, rounding_t, rht_t, check):
             and x.numel() and os.environ.get("NVFP4_COMPILE_FUSED_RHT") != "1"):
         from .kernels.triton_rht_transpose import quantize_pair_rht
 
-        return quantize_pair_rht(x, rounding, rounding_t)
+        return quantize_pair_rht(x, rounding, rounding_t, values=values)
     quantize_cuda = torch.ops.nvfp4.quantize.default
-    return (*quantize_cuda(x, format, 1, rounding, check), *quantize_cuda(x.t(), format, 1, rounding_t, check, rht_t))
+    pair = (*quantize_cuda(x, format, 1, rounding, check), *quantize_cuda(x.t(), format, 1, rounding_t, check, rht_t))
+    return _pair_outputs(pair, values, format, torch.ops.nvfp4.dequantize.default)
+
+
+@_cuda_kernel(quantize_pair)
+def _(x, format, rounding, rounding_t, rht_t, check):
+    return _quantize_pair_cuda(x, format, rounding, rounding_t, rht_t, check, values=(False, False))
+
+
+@_cuda_kernel(quantize_pair_values)
+def _(x, format, rounding, rounding_t, rht_t, check, rows_as_values, cols_as_values):
+    return _quantize_pair_cuda(x, format, rounding, rounding_t, rht_t, check, values=(rows_as_values, cols_as_values))
 
 
 @_cuda_kernel(rht)
@@ -390,34 +407,6 @@ def _(a_codes, a_scale_bits, a_scale, b_codes, b_scale_bits, b_scale, bias, form
     return emulated_gemm(a_codes, a_scale_bits, a_scale, b_codes, b_scale_bits, b_scale, bias, out_dtype)
 
 
-
-@_cuda_kernel(quantize_values)
-def _(x, format, block_rows, rounding, check, rht=False):
-    if format != "nvfp4" or not _fast_path_available(x.device):
-        return reference_quantize_values(x, format, block_rows, rounding, check, rht)
-    from .kernels.triton_quantize import quantize_nvfp4
-
-    return quantize_nvfp4(_checked_and_padded(x, 16, check), block_rows, rounding, rht=rht, values=True)
-
-
-@_cuda_kernel(quantize_pair_values)
-def _(x, format, rounding, rounding_t, rht_t, check, rows_as_values, cols_as_values):
-    fast = format == "nvfp4" and not check and _fast_path_available(x.device)
-    if (fast and rht_t and x.dtype == torch.bfloat16 and x.shape[0] % 16 == 0 and x.shape[1] % 16 == 0
-            and x.numel() and os.environ.get("NVFP4_COMPILE_FUSED_RHT") != "1"):
-        from .kernels.triton_rht_transpose import quantize_pair_rht
-
-        return quantize_pair_rht(x, rounding, rounding_t, values=(rows_as_values, cols_as_values))
-    pair = torch.ops.nvfp4.quantize_pair.default(x, format, rounding, rounding_t, rht_t, check)
-    out = []
-    for (codes, scale_bits, scale), as_values in zip((pair[:3], pair[3:]), (rows_as_values, cols_as_values)):
-        if as_values:
-            out.extend((torch.ops.nvfp4.dequantize.default(codes, scale_bits, format), codes.new_empty((0,)), scale))
-        else:
-            out.extend((codes, scale_bits, scale))
-    return tuple(out)
-
-
 @_cuda_kernel(dequantize)
 def _(codes, scale_bits, format):
     if format != "nvfp4" or not _fast_path_available(codes.device):
@@ -434,6 +423,7 @@ def _(a, a_scale, b, b_scale, bias, out_dtype):
     from .kernels.triton_gemm import emulated_gemm_values
 
     return emulated_gemm_values(a, a_scale, b, b_scale, bias, out_dtype)
+
 
 # NVFP4_COMPILE_AUTOGRAD_FALLTHROUGH=0 keeps custom_op's autograd kernel on CUDA (slower host).
 set_autograd_fallthrough(os.environ.get("NVFP4_COMPILE_AUTOGRAD_FALLTHROUGH", "1") != "0")

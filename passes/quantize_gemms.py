@@ -92,9 +92,13 @@ def _bf16_operands(placeholders: list[Node]) -> bool:
     return bool(cuda) and bf16_operands_by_default(cuda[0])
 
 
+def _fp4_all_gather_enabled() -> bool:
+    distributed = sys.modules.get("nvfp4_compile.distributed")  # never enabled unless imported
+    return distributed is not None and distributed.fp4_all_gather_enabled
+
+
 def bf16_operands_by_default(device: torch.device) -> bool:
-    distributed = sys.modules.get("nvfp4_compile.distributed")
-    if distributed is not None and distributed.fp4_all_gather_enabled:
+    if _fp4_all_gather_enabled():
         log.info("nvfp4: GEMM operands stay FP4 codes: the NVFP4 weight all-gather is enabled")
         return False
     from cutlass_kernels.dispatch import use_sm100_gemm
@@ -141,8 +145,7 @@ class QuantizeGemmsPass(CustomGraphPass):
         h.update(repr(self.params).encode())
         h.update(repr(self.model_modules).encode())
         h.update(os.environ.get(BF16_OPERANDS_ENV, "").encode())
-        distributed = sys.modules.get("nvfp4_compile.distributed")
-        h.update(b"fp4-all-gather" if distributed is not None and distributed.fp4_all_gather_enabled else b"")
+        h.update(b"fp4-all-gather" if _fp4_all_gather_enabled() else b"")
         return h.hexdigest()
 
     # -- decisions -------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Without CUDA graphs a compiled NVFP4 step below ~8192 is bound by host time (bench/RESULTS.md):
 an NVFP4 linear layer launches ~20 kernels from Python. ``kernel[grid](...)`` binds and
 specializes every argument, builds a cache key, checks the kernel's globals and calls the
-launch hooks each time (~27 us a launch on an H100 host, ``bench/host_overhead.py --parts``).
+launch hooks each time (23-27 us a launch on an H100 host, ``bench/host_overhead.py --parts``).
 
 ``fast_launch(kernel)`` wraps a ``triton.jit`` function with the same ``[grid](*args, **kwargs)``
 syntax. The first launch of a given *launch key* goes through Triton, which compiles (or finds)
@@ -83,9 +83,6 @@ class FastLaunch:
         # Under Triton's interpreter ``triton.jit`` returns an interpreted function: nothing to cache.
         self.cacheable = hasattr(fn, "device_caches")
         self._launchers: dict[tuple, tuple] = {}
-
-    def __getattr__(self, name):  # the wrapped kernel's attributes (``fn``, ``src``, ...)
-        return getattr(self.fn, name)
 
     def __getitem__(self, grid):
         return lambda *args, **kwargs: self.launch(grid, args, kwargs)

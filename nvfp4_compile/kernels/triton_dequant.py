@@ -70,7 +70,7 @@ def dequantize_to_bf16(codes: torch.Tensor, scale_bits: torch.Tensor, alpha_of=N
     if R and K:
         grid = (cdiv(R, 32), cdiv(K, 256))
         _DEQUANT[grid](codes.contiguous(), scale_bits.contiguous(), out, R, K, a_scale, b_scale, alpha_beta,
-                              ALPHA=alpha_of is not None, BLOCK_R=32, BLOCK_K=256, num_warps=8)
+                       ALPHA=alpha_of is not None, BLOCK_R=32, BLOCK_K=256, num_warps=8)
     elif alpha_of is not None:
         torch.stack([a_scale * b_scale, torch.zeros_like(a_scale)], out=alpha_beta)
     return out

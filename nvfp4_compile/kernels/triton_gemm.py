@@ -56,18 +56,17 @@ DEFAULT_STRATEGY = os.environ.get("NVFP4_COMPILE_GEMM", "cublaslt")
 _refusals_logged: set = set()
 
 
-def _cublaslt_gemm(a, b, alpha_beta, bias, out, beta=None):
-    """The cuBLASLt GEMM into ``out`` (``alpha_beta``: FP32 ``[alpha, 0]`` on the device, or alpha
-    alone with ``beta``), or None (logged once per reason) where it does not apply."""
+def _cublaslt_gemm(a, b, alpha, bias, out):
+    """The cuBLASLt GEMM into ``out`` (``alpha``: FP32 on the device, ``[alpha, 0]`` (beta beside
+    it) or 0-dim (beta the device's zero)), or None (logged once per reason) where it does not apply."""
     from . import cublaslt
 
     if not cublaslt.supported(a, b, out.dtype, bias):
         reason = "operands or bias it does not take (dtype, alignment, K or N not a multiple of 8)"
     else:
         try:
-            if beta is None and alpha_beta.numel() == 1:
-                beta = cublaslt.device_zero(a.device)
-            return cublaslt.matmul(a, b, alpha_beta, bias, out, beta)
+            beta = cublaslt.device_zero(a.device) if alpha.numel() == 1 else None
+            return cublaslt.matmul(a, b, alpha, bias, out, beta)
         except cublaslt.CublasLtError as err:
             reason = str(err)
     key = reason.split(" for M=")[0]
@@ -133,77 +132,77 @@ def _epilogue_kernel(acc_ptr, a_scale_ptr, b_scale_ptr, bias_ptr, out_ptr, M, N,
 _EPILOGUE = fast_launch(_epilogue_kernel)
 
 
-def emulated_gemm(a_codes, a_scale_bits, a_scale, b_codes, b_scale_bits, b_scale, bias, out_dtype,
-                  strategy: str | None = None, tiles: GemmTiles = DEFAULT_TILES) -> torch.Tensor:
-    """``alpha * (A_deq @ B_deq^T) (+ bias)`` in ``out_dtype``; ``A [M, K/2]``, ``B [N, K/2]`` packed codes."""
+def _prepare(a_scale, b_scale, M, N, K, bias, out_dtype, device, strategy):
+    """(strategy, FP32 scales, the output, whether it is already complete: an empty product)."""
     strategy = strategy or DEFAULT_STRATEGY
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown GEMM strategy {strategy!r}; expected one of {STRATEGIES}")
-    M, N, K = a_codes.shape[0], b_codes.shape[0], a_codes.shape[1] * 2
     a_scale = a_scale.reshape(()).to(torch.float32)
     b_scale = b_scale.reshape(()).to(torch.float32)
-    out = torch.empty((M, N), dtype=out_dtype, device=a_codes.device)
-    if M == 0 or N == 0:
-        return out
-    if K == 0:  # an empty sum: the bias (or zero), rounded once
-        return out.copy_(bias.expand(M, N)) if bias is not None else out.zero_()
+    out = torch.empty((M, N), dtype=out_dtype, device=device)
+    if M and N and K == 0:  # an empty sum: the bias (or zero), rounded once
+        out.copy_(bias.expand(M, N)) if bias is not None else out.zero_()
+    return strategy, a_scale, b_scale, out, not (M and N and K)
+
+
+def _gemm_kernel_launch(a, a_s, b, b_s, a_scale, b_scale, bias, out, K, fp4_inputs: bool, tiles: GemmTiles):
+    M, N = out.shape
     bias_arg = bias.contiguous() if bias is not None else a_scale  # unread without HAS_BIAS
-    if strategy in ("cublaslt", "cublas"):
-        a = dequantize_to_bf16(a_codes, a_scale_bits)
-        if strategy == "cublaslt":
-            alpha_beta = torch.empty(2, dtype=torch.float32, device=a_codes.device)
-            b = dequantize_to_bf16(b_codes, b_scale_bits, alpha_of=(a_scale, b_scale, alpha_beta))
-            if _cublaslt_gemm(a, b, alpha_beta, bias, out) is not None:
-                return out
-        else:
-            b = dequantize_to_bf16(b_codes, b_scale_bits)
-        acc = torch.mm(a, b.t(), out_dtype=torch.float32)
-        grid = (cdiv(M, 32), cdiv(N, 256))
-        _EPILOGUE[grid](acc, a_scale, b_scale, bias_arg, out, M, N, HAS_BIAS=bias is not None,
-                               BLOCK_M=32, BLOCK_N=256, num_warps=8)
-        return out
-    if strategy == "triton":
-        a, a_s = dequantize_to_bf16(a_codes, a_scale_bits), a_scale_bits
-        b, b_s = dequantize_to_bf16(b_codes, b_scale_bits), b_scale_bits
-    else:
-        a, a_s, b, b_s = a_codes.contiguous(), a_scale_bits.contiguous(), b_codes.contiguous(), b_scale_bits.contiguous()
     t = tiles
     grid = (cdiv(M, t.block_m) * cdiv(N, t.block_n),)
     _gemm_kernel[grid](a, a_s, b, b_s, a_scale, b_scale, bias_arg, out, M, N, K,
-                       FP4_INPUTS=strategy == "fused", HAS_BIAS=bias is not None,
+                       FP4_INPUTS=fp4_inputs, HAS_BIAS=bias is not None,
                        BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k, GROUP_M=t.group_m,
                        num_warps=t.num_warps, num_stages=t.num_stages)
     return out
+
+
+def _gemm_on_values(a, b, a_scale, b_scale, alpha, bias, out, strategy: str, tiles: GemmTiles) -> torch.Tensor:
+    """``out = alpha * (a @ b^T) (+ bias)`` for contiguous BF16 ``q * s_dec_b`` operands: cuBLASLt
+    with ``alpha`` (FP32 on the device) for ``"cublaslt"``, the Triton GEMM for ``"triton"``,
+    otherwise (or where cuBLASLt refuses) cuBLAS with an FP32 output and the epilogue kernel."""
+    if strategy == "cublaslt" and _cublaslt_gemm(a, b, alpha, bias, out) is not None:
+        return out
+    if strategy == "triton":
+        return _gemm_kernel_launch(a, a, b, b, a_scale, b_scale, bias, out, a.shape[1], False, tiles)
+    M, N = out.shape
+    bias_arg = bias.contiguous() if bias is not None else a_scale  # unread without HAS_BIAS
+    acc = torch.mm(a, b.t(), out_dtype=torch.float32)
+    _EPILOGUE[(cdiv(M, 32), cdiv(N, 256))](acc, a_scale, b_scale, bias_arg, out, M, N, HAS_BIAS=bias is not None,
+                                           BLOCK_M=32, BLOCK_N=256, num_warps=8)
+    return out
+
+
+def emulated_gemm(a_codes, a_scale_bits, a_scale, b_codes, b_scale_bits, b_scale, bias, out_dtype,
+                  strategy: str | None = None, tiles: GemmTiles = DEFAULT_TILES) -> torch.Tensor:
+    """``alpha * (A_deq @ B_deq^T) (+ bias)`` in ``out_dtype``; ``A [M, K/2]``, ``B [N, K/2]`` packed codes."""
+    M, N, K = a_codes.shape[0], b_codes.shape[0], a_codes.shape[1] * 2
+    strategy, a_scale, b_scale, out, done = _prepare(a_scale, b_scale, M, N, K, bias, out_dtype, a_codes.device,
+                                                     strategy)
+    if done:
+        return out
+    if strategy == "fused":
+        return _gemm_kernel_launch(a_codes.contiguous(), a_scale_bits.contiguous(), b_codes.contiguous(),
+                                   b_scale_bits.contiguous(), a_scale, b_scale, bias, out, K, True, tiles)
+    a = dequantize_to_bf16(a_codes, a_scale_bits)
+    alpha = None
+    if strategy == "cublaslt":  # the second dequantize launch also writes [alpha, 0] for cuBLASLt
+        alpha = torch.empty(2, dtype=torch.float32, device=a_codes.device)
+        b = dequantize_to_bf16(b_codes, b_scale_bits, alpha_of=(a_scale, b_scale, alpha))
+    else:
+        b = dequantize_to_bf16(b_codes, b_scale_bits)
+    return _gemm_on_values(a, b, a_scale, b_scale, alpha, bias, out, strategy, tiles)
 
 
 def emulated_gemm_values(a, a_scale, b, b_scale, bias, out_dtype, strategy: str | None = None,
                          tiles: GemmTiles = DEFAULT_TILES) -> torch.Tensor:
     """``alpha * (a @ b^T) (+ bias)`` in ``out_dtype`` for BF16 operands ``a [M, K]``, ``b [N, K]``
     holding ``q * s_dec_b`` (``nvfp4::gemm_values``): ``emulated_gemm`` without the dequantize
-    passes. ``alpha = a_scale * b_scale`` is one FP32 product on the device, as there."""
-    strategy = strategy or DEFAULT_STRATEGY
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown GEMM strategy {strategy!r}; expected one of {STRATEGIES}")
+    passes (``"fused"``, which reads codes, takes cuBLAS). ``alpha = a_scale * b_scale`` is one
+    FP32 product on the device, as there."""
     M, N, K = a.shape[0], b.shape[0], a.shape[1]
-    a_scale = a_scale.reshape(()).to(torch.float32)
-    b_scale = b_scale.reshape(()).to(torch.float32)
-    out = torch.empty((M, N), dtype=out_dtype, device=a.device)
-    if M == 0 or N == 0:
+    strategy, a_scale, b_scale, out, done = _prepare(a_scale, b_scale, M, N, K, bias, out_dtype, a.device, strategy)
+    if done:
         return out
-    if K == 0:
-        return out.copy_(bias.expand(M, N)) if bias is not None else out.zero_()
-    a, b = a.contiguous(), b.contiguous()
-    if strategy == "cublaslt" and _cublaslt_gemm(a, b, a_scale * b_scale, bias, out) is not None:
-        return out
-    bias_arg = bias.contiguous() if bias is not None else a_scale  # unread without HAS_BIAS
-    if strategy == "triton":
-        t = tiles
-        grid = (cdiv(M, t.block_m) * cdiv(N, t.block_n),)
-        _gemm_kernel[grid](a, a, b, b, a_scale, b_scale, bias_arg, out, M, N, K, FP4_INPUTS=False,
-                           HAS_BIAS=bias is not None, BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k,
-                           GROUP_M=t.group_m, num_warps=t.num_warps, num_stages=t.num_stages)
-        return out
-    acc = torch.mm(a, b.t(), out_dtype=torch.float32)  # "cublas", "fused", or cuBLASLt refused
-    _EPILOGUE[(cdiv(M, 32), cdiv(N, 256))](acc, a_scale, b_scale, bias_arg, out, M, N, HAS_BIAS=bias is not None,
-                                           BLOCK_M=32, BLOCK_N=256, num_warps=8)
-    return out
+    alpha = a_scale * b_scale if strategy == "cublaslt" else None
+    return _gemm_on_values(a.contiguous(), b.contiguous(), a_scale, b_scale, alpha, bias, out, strategy, tiles)

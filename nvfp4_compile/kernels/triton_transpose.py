@@ -52,5 +52,5 @@ def transpose_2d_nvfp4(codes: torch.Tensor, scale_bits: torch.Tensor) -> tuple[t
     if R and K:
         grid = (cdiv(R, 64), cdiv(K, 64))
         _TRANSPOSE_2D[grid](codes.contiguous(), scale_bits.contiguous(), codes_t, scales_t, R, K,
-                                   BLOCK_R=64, BLOCK_K=64, num_warps=4)
+                            BLOCK_R=64, BLOCK_K=64, num_warps=4)
     return codes_t, scales_t
