@@ -28,9 +28,10 @@ from bench.common import report  # noqa: E402
 from nvfp4_compile.kernels import triton_dequant, triton_quantize, triton_rht_transpose  # noqa: E402
 
 NVDISASM = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
-QUANTIZE_ARGS = {"x_ptr": "*bf16", "codes_ptr": "*u8", "scales_ptr": "*u8", "amax_bits_ptr": "*i32",
-                 "s_dec_ptr": "*fp32", "seed_ptr": "*i32", "R": "i32", "K": "i32", "stride_r": "i32",
-                 "stride_k": "i32", "codes_stride": "i32", "scales_stride": "i32"}
+QUANTIZE_ARGS = {"x_ptr": "*bf16", "codes_ptr": "*u8", "scales_ptr": "*u8", "values_ptr": "*bf16",
+                 "amax_bits_ptr": "*i32", "s_dec_ptr": "*fp32", "seed_ptr": "*i32", "R": "i32", "K": "i32",
+                 "stride_r": "i32", "stride_k": "i32", "codes_stride": "i32", "scales_stride": "i32",
+                 "values_stride": "i32"}
 
 
 def sass_ops(fn, args: dict, constexprs: dict, num_warps: int) -> list[str]:
@@ -38,7 +39,8 @@ def sass_ops(fn, args: dict, constexprs: dict, num_warps: int) -> list[str]:
     # Pointers, sizes and strides divisible by 16, as Triton specializes them at these shapes.
     attrs = {(i,): [["tt.divisibility", 16]] for i, (name, kind) in enumerate(args.items())
              if name not in constexprs and (kind.startswith("*") or name in ("R", "K", "T", "F", "stride_r", "stride_k",
-                                                                             "stride_t", "codes_stride", "y_stride"))}
+                                                                             "stride_t", "codes_stride", "values_stride",
+                                                                             "y_stride"))}
     kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs),
                             target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
@@ -58,13 +60,18 @@ def main():
                 ("dY^T RHT SR, RHT in the kernel", dict(RHT=True, TWO_D=False, SR=True, TRANSPOSED=True), t.rht_sr)]
     quantize += [("1x16 RNE to BF16 values", dict(RHT=False, TWO_D=False, SR=False, TRANSPOSED=False, VALUES=True),
                   t.rne),
-                 ("1x16 SR to BF16 values", dict(RHT=False, TWO_D=False, SR=True, TRANSPOSED=False, VALUES=True), t.sr)]
+                 ("1x16 SR to BF16 values", dict(RHT=False, TWO_D=False, SR=True, TRANSPOSED=False, VALUES=True), t.sr),
+                 ("16x16 RNE, codes and BF16 values", dict(RHT=False, TWO_D=True, SR=False, TRANSPOSED=False, VALUES=True,
+                                                           CODES=True), t.two_d)]
     rows = []
     for name, flags, (r, k, warps) in quantize:
         fixed = {"stride_r": 1} if flags["TRANSPOSED"] else {"stride_k": 1}
         values = flags.setdefault("VALUES", False)
-        args = {**QUANTIZE_ARGS, "codes_ptr": "*bf16"} if values else QUANTIZE_ARGS
-        ops = sass_ops(triton_quantize._quantize_kernel, args, {**flags, **fixed, "BLOCK_R": r, "BLOCK_K": k}, warps)
+        flags.setdefault("CODES", not values)
+        flags.setdefault("EVEN", True)  # 8192 x 8192: every tile inside the tensor
+        flags.setdefault("REVERSED", False)
+        ops = sass_ops(triton_quantize._quantize_kernel, QUANTIZE_ARGS,
+                       {**flags, **fixed, "BLOCK_R": r, "BLOCK_K": k}, warps)
         rows.append((f"quantize {name}", ops, r * k / (32 * warps)))
     r, k, warps = t.rht_transpose
     ops = sass_ops(triton_rht_transpose._rht_transpose_kernel,

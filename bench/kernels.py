@@ -59,17 +59,35 @@ def fused_rht(fn):
 PAIR_SWEEP = [PairTiles(), PairTiles(128, 4, 64, 4), PairTiles(256, 8, 64, 16)]
 
 
+def with_env(name: str, value: str, fn):
+    """``fn`` run with the environment variable ``name`` set to ``value`` (read by the op at call time)."""
+    def run():
+        old = os.environ.get(name)
+        os.environ[name] = value
+        try:
+            return fn()
+        finally:
+            if old is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = old
+    return run
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=8192)
+    parser.add_argument("--tokens", type=int, default=None,
+                        help="rows of the tensor (default: --size); e.g. 8192 with --size 2048, a GPT block's X")
     parser.add_argument("--sweep", action="store_true", help="time every tile configuration in SWEEP")
     parser.add_argument("--sweep-pair", action="store_true", help="time every tile configuration in PAIR_SWEEP")
     parser.add_argument("--only", nargs="+", default=None, help="time only the kernels whose names contain one of these")
     args = parser.parse_args(argv)
     n = args.size
-    x = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    tokens = args.tokens or n
+    x = torch.randn(tokens, n, device="cuda", dtype=torch.bfloat16)
     clone = median_ms(lambda: x.clone())
-    gbytes = 2 * n * n * 2 / 1e9
+    gbytes = 2 * x.numel() * 2 / 1e9
     cases = {"x.clone() (read+write)": lambda: x.clone()}
     amax = x.float().abs().max().view(torch.int32)  # FP32 bits, as the amax passes leave them
     kernels = {  # name: (call, the tile fields it uses)
@@ -82,6 +100,8 @@ def main(argv=None):
         "1x16 SR, amax given, BF16 values out": (
             lambda t: quantize_nvfp4(x, 1, "sr", tiles=t, amax_bits=amax, values=True), ("sr_values",)),
         "16x16 RNE (2D weight)": (lambda t: quantize_nvfp4(x, 16, "rne", tiles=t), ("two_d",)),
+        "16x16 RNE (2D weight), codes and BF16 values out": (
+            lambda t: quantize_nvfp4(x, 16, "rne", tiles=t, values=True, codes=True), ("two_d",)),
         "X^T RHT 1x16 RNE (wgrad)": (lambda t: quantize_nvfp4(x.t(), 1, "rne", rht=True, tiles=t),
                                      ("rht_transpose", "rne")),
         "dY^T RHT 1x16 SR (wgrad)": (lambda t: quantize_nvfp4(x.t(), 1, "sr", rht=True, tiles=t), ("sr",)),
@@ -111,6 +131,14 @@ def main(argv=None):
                                                                                 quantize_nvfp4(x.t(), 1, rt, rht=True)))(r, rt)
             cases[f"triton {name}, rht_transpose + 2 rowwise (default)"] = (
                 lambda r, rt: lambda: quantize_pair_rht(x, r, rt))(r, rt)
+            # As the training step runs them: BF16 values for the operands used in the same pass
+            # (X rowwise; dY both ways), with and without the L2-aware order of the two rowwise passes.
+            values = (True, r == "sr")
+            for order in ("1", "0"):
+                label = f"triton {name}, values {values}, L2 order {'on' if order == '1' else 'off'}"
+                cases[label] = (lambda r, rt, v, o: with_env("NVFP4_COMPILE_L2_ORDER", o,
+                                                             lambda: quantize_pair_rht(x, r, rt, values=v)))(
+                    r, rt, values, order)
         from nvfp4_compile.kernels.triton_transpose import transpose_2d_nvfp4
 
         w_codes, w_scales, _ = quantize_nvfp4(x, 16, "rne")

@@ -78,32 +78,39 @@ def profile(name: str, step, rows: int = 30) -> None:
     print(f"{name}: GPU kernels {busy:.1f} ms per step, wall {wall:.1f} ms per step (profiled)")
 
 
+VARIANT_ENV = {"codes": ("NVFP4_COMPILE_BF16_OPERANDS", "0"), "l2-off": ("NVFP4_COMPILE_L2_ORDER", "0")}
+
+
 def run(name: str, config: dict, steps: int, device: str, profile_steps: bool = False) -> dict:
     """One run: ``backend[:mode][@variant,...]``. Variants turn off one improvement to measure it:
     ``plain-host`` the host-time savings of the NVFP4 ops (cached Triton launches, the autograd
     fallthrough), ``codes`` the BF16 operands written by the quantizers (every GEMM operand
-    dequantized from FP4 codes, ``NVFP4_COMPILE_BF16_OPERANDS=0``)."""
+    dequantized from FP4 codes, ``NVFP4_COMPILE_BF16_OPERANDS=0``), ``l2-off`` the L2-aware order
+    of the rowwise passes after ``rht_transpose`` (``NVFP4_COMPILE_L2_ORDER=0``)."""
     from nvfp4_compile import ops
     from nvfp4_compile.kernels import launch
 
     spec, _, variants = name.partition("@")
     variants = set(filter(None, variants.split(",")))
-    if variants - {"plain-host", "codes"}:
-        raise SystemExit(f"unknown variant(s) {sorted(variants - {'plain-host', 'codes'})} in {name!r}")
+    known = {"plain-host", *VARIANT_ENV}
+    if variants - known:
+        raise SystemExit(f"unknown variant(s) {sorted(variants - known)} in {name!r}")
     launch.ENABLED = "plain-host" not in variants
     ops.set_autograd_fallthrough("plain-host" not in variants)
-    previous = os.environ.get("NVFP4_COMPILE_BF16_OPERANDS")
-    if "codes" in variants:
-        os.environ["NVFP4_COMPILE_BF16_OPERANDS"] = "0"
+    previous = {env: os.environ.get(env) for env, _ in VARIANT_ENV.values()}
+    for variant in variants & set(VARIANT_ENV):
+        env, value = VARIANT_ENV[variant]
+        os.environ[env] = value
     try:
         return _run(name, spec, config, steps, device, profile_steps)
     finally:
         launch.ENABLED = True
         ops.set_autograd_fallthrough(True)
-        if previous is None:
-            os.environ.pop("NVFP4_COMPILE_BF16_OPERANDS", None)
-        else:
-            os.environ["NVFP4_COMPILE_BF16_OPERANDS"] = previous
+        for env, value in previous.items():
+            if value is None:
+                os.environ.pop(env, None)
+            else:
+                os.environ[env] = value
 
 
 def _run(name: str, spec: str, config: dict, steps: int, device: str, profile_steps: bool) -> dict:

@@ -186,6 +186,25 @@ def _(x, format, block_rows, rounding, check, rht=False):
     return x.new_empty((x.shape[0], kp), dtype=torch.bfloat16), x.new_empty((), dtype=torch.float32)
 
 
+def reference_quantize_with_values(x: torch.Tensor, format: str, block_rows: int, rounding: str, check: str,
+                                   rht: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``quantize`` and its ``dequantize``, both kept: (codes, scale bits, S_dec, ``q * s_dec_b`` in
+    BF16). For an operand one GEMM takes now and another later (a 2D weight: fprop reads the
+    values, the forward saves the codes for dgrad)."""
+    codes, scale_bits, scale = reference_quantize(x, format, block_rows, rounding, check, rht)
+    return codes, scale_bits, scale, reference_dequantize(codes, scale_bits, format)
+
+
+quantize_with_values = torch.library.custom_op("nvfp4::quantize_with_values", mutates_args=())(
+    reference_quantize_with_values)
+
+
+@quantize_with_values.register_fake
+def _(x, format, block_rows, rounding, check, rht=False):
+    codes, scale_bits, scale = _quantize_fake(x, format, block_rows, rounding, check, rht)
+    return codes, scale_bits, scale, x.new_empty((x.shape[0], codes.shape[1] * 2), dtype=torch.bfloat16)
+
+
 def _pair_outputs(pair: tuple, values: tuple[bool, bool], format: str, dequantize_fn) -> tuple:
     """``quantize_pair``'s six outputs with the halves named by ``values`` dequantized."""
     out = []
@@ -308,24 +327,31 @@ def _fast_path_available(device: torch.device) -> bool:
     return _triton_installed()
 
 
-def _quantize_cuda(x, format, block_rows, rounding, check, rht, values: bool):
-    """``quantize`` (codes) or ``quantize_values`` (BF16 values) on CUDA."""
+def _quantize_cuda(x, format, block_rows, rounding, check, rht, values: bool, codes: bool):
+    """``quantize`` (codes), ``quantize_values`` (BF16 values) or ``quantize_with_values`` (both) on CUDA."""
     if format != "nvfp4" or not _fast_path_available(x.device):
-        reference = reference_quantize_values if values else reference_quantize
+        reference = ((reference_quantize_with_values if codes else reference_quantize_values) if values
+                     else reference_quantize)
         return reference(x, format, block_rows, rounding, check, rht)
     from .kernels.triton_quantize import quantize_nvfp4
 
-    return quantize_nvfp4(_checked_and_padded(x, 16, check), block_rows, rounding, rht=rht, values=values)
+    return quantize_nvfp4(_checked_and_padded(x, 16, check), block_rows, rounding, rht=rht, values=values,
+                          codes=codes)
 
 
 @_cuda_kernel(quantize)
 def _(x, format, block_rows, rounding, check, rht=False):
-    return _quantize_cuda(x, format, block_rows, rounding, check, rht, values=False)
+    return _quantize_cuda(x, format, block_rows, rounding, check, rht, values=False, codes=True)
 
 
 @_cuda_kernel(quantize_values)
 def _(x, format, block_rows, rounding, check, rht=False):
-    return _quantize_cuda(x, format, block_rows, rounding, check, rht, values=True)
+    return _quantize_cuda(x, format, block_rows, rounding, check, rht, values=True, codes=False)
+
+
+@_cuda_kernel(quantize_with_values)
+def _(x, format, block_rows, rounding, check, rht=False):
+    return _quantize_cuda(x, format, block_rows, rounding, check, rht, values=True, codes=True)
 
 
 def _quantize_pair_cuda(x, format, rounding, rounding_t, rht_t, check, values: tuple[bool, bool]):

@@ -60,17 +60,25 @@ def test_quantizers_hand_over_values_and_saved_operands_stay_fp4(monkeypatch):
         assert NVFP4.gemm.default not in ops_of(g) and NVFP4.gemm_values.default in ops_of(g)
         assert NVFP4.quantize_pair.default not in ops_of(g)  # replaced, not left to run twice
     assert ops_of(forward).count(NVFP4.quantize_pair_values.default) == 2  # X of each layer, once
-    assert ops_of(forward).count(NVFP4.quantize.default) == 2  # the 2D weights
-    assert NVFP4.quantize.default not in ops_of(backward) and NVFP4.quantize_pair_values.default in ops_of(backward)
-    # Forward: X rowwise as values (fprop), X^T as codes (saved for wgrad); the 2D weight as codes
-    # (saved for dgrad), dequantized for fprop.
+    # The 2D weights: values for fprop and codes (saved for dgrad) from one pass, none quantized twice.
+    assert ops_of(forward).count(NVFP4.quantize_with_values.default) == 2
+    assert NVFP4.quantize.default not in ops_of(forward) + ops_of(backward)
+    assert NVFP4.quantize_pair_values.default in ops_of(backward)
+    # Forward: X rowwise as values (fprop), X^T as codes (saved for wgrad); nothing dequantized.
     pairs = [a for t, a in forward if t is NVFP4.quantize_pair_values.default]
     assert pairs and all(a[-2:] == (True, False) for a in pairs)
-    assert ops_of(forward).count(NVFP4.dequantize.default) == 2  # the two weights
-    # Backward: dY both ways as values, X^T and W^T dequantized.
+    assert NVFP4.dequantize.default not in ops_of(forward)
+    # Backward: dY both ways as values; X^T and the saved W codes dequantized (W^T read as a view
+    # of W's values: no transpose pass on either side).
     pairs = [a for t, a in backward if t is NVFP4.quantize_pair_values.default]
     assert pairs and all(a[-2:] == (True, True) for a in pairs)
-    assert NVFP4.dequantize.default in ops_of(backward)
+    assert ops_of(backward).count(NVFP4.dequantize.default) == 4  # X^T and W of each layer
+    assert NVFP4.transpose_2d.default not in ops_of(forward) + ops_of(backward)
+    # dgrad (x requires grad: both layers): the weight's values [N, K] enter as the view [K, N].
+    views = [a[2] for t, a in backward if t is NVFP4.gemm_values.default
+             and a[2].target is torch.ops.aten.permute.default]
+    assert len(views) == 2
+    assert all(v.args[1] == [1, 0] and v.args[0].target is NVFP4.dequantize.default for v in views)
 
 
 def test_forward_saves_the_same_bytes(monkeypatch):
@@ -97,6 +105,15 @@ def test_value_ops_equal_the_code_ops_composed():
     assert torch.equal(values.float().isnan(), want.isnan())
     assert torch.equal(values.float().nan_to_num(), want.nan_to_num()) and torch.equal(scale, scale_v)
     assert torch.equal(NVFP4.dequantize(codes, bits, "nvfp4").view(torch.int16), values.view(torch.int16))
+
+    w = torch.randn(48, 72)
+    w[20, 33] = float("inf")
+    both = NVFP4.quantize_with_values(w, "nvfp4", 16, "rne", "", False)  # 2D: a weight
+    codes_2d = ops.reference_quantize(w, "nvfp4", 16, "rne", "")
+    assert len(both) == 4 and all(torch.equal(a, b) for a, b in zip(both[:3], codes_2d))
+    want = NVFP4.dequantize(codes_2d[0], codes_2d[1], "nvfp4")
+    assert torch.equal(both[3].isnan(), want.isnan()) and both[3].isnan().any()  # the Inf's tile
+    assert torch.equal(both[3].nan_to_num().view(torch.int16), want.nan_to_num().view(torch.int16))
 
     pair = NVFP4.quantize_pair(x, "nvfp4", "rne", "rne", True, "")
     mixed = NVFP4.quantize_pair_values(x, "nvfp4", "rne", "rne", True, "", True, False)
@@ -158,3 +175,49 @@ def test_enabling_the_fp4_all_gather_turns_the_default_off(monkeypatch):
     model = nn.Sequential(nn.Linear(64, 64, bias=False), nn.Linear(64, 64, bias=False))
     assert distributed.enable_nvfp4_all_gather(model, world_size=2)
     assert distributed.fp4_all_gather_enabled
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("block_rows", [1, 16])
+def test_cuda_quantize_with_values_equals_the_reference(block_rows):
+    """One kernel pass writes the codes and the values; both equal the CPU reference."""
+    torch.manual_seed(0)
+    w = (torch.randn(256, 384) * torch.logspace(-3, 3, 384)).to(torch.bfloat16)
+    w[17, 40] = float("inf")
+    got = NVFP4.quantize_with_values(w.cuda(), "nvfp4", block_rows, "rne", "", False)
+    want = ops.reference_quantize_with_values(w, "nvfp4", block_rows, "rne", "")
+    assert got[3].isnan().any()  # the Inf's block
+    for g, r in zip(got, want):
+        g = g.cpu()
+        assert g.dtype == r.dtype and g.shape == r.shape
+        if g.is_floating_point():
+            assert torch.equal(g.isnan(), r.isnan())
+            g, r = g.nan_to_num(), r.nan_to_num()
+        assert torch.equal(g, r)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
+def test_cuda_gemm_values_reads_a_transposed_weight_in_place(out_dtype):
+    """dgrad's weight comes as the transposed view of W's values: cuBLASLt takes it without a copy
+    and without falling back, and the product equals the one on the row-major copy."""
+    from nvfp4_compile.kernels import cublaslt, triton_gemm
+
+    torch.manual_seed(0)
+    m, n, k = 512, 768, 1024
+    a = NVFP4.quantize_values(torch.randn(m, k, device="cuda"), "nvfp4", 1, "rne", "", False)
+    w = NVFP4.quantize_values(torch.randn(k, n, device="cuda"), "nvfp4", 16, "rne", "", False)  # [K, N] saved
+    b_view = w[0].t()  # [N, K], memory [K, N]
+    assert cublaslt.transposed_view(b_view) and cublaslt.supported(a[0], b_view, out_dtype, None)
+    calls = []
+    real = cublaslt.matmul
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cublaslt, "matmul", lambda *args, **kw: calls.append(args[1].stride()) or real(*args, **kw))
+        got = triton_gemm.emulated_gemm_values(a[0], a[1], b_view, w[1], None, out_dtype)
+    assert calls == [(1, n)]  # the view itself reached cuBLASLt
+    want = triton_gemm.emulated_gemm_values(a[0], a[1], b_view.contiguous(), w[1], None, out_dtype)
+    ref = torch.mm(a[0].float(), b_view.float().t()) * (a[1] * w[1])
+    tol = 2 ** -8 if out_dtype == torch.bfloat16 else 1e-5
+    for c in (got, want):
+        assert ((c.float() - ref).abs() <= tol * ref.abs() + 1e-5 * ref.abs().max()).all()
+    assert torch.equal(got, want)  # the same sums in the same order: the layouts' kernels agree bit for bit

@@ -147,6 +147,11 @@ for block_rows, rht, src, rounding, fused in [(1, False, x, "rne", ""), (16, Fal
                                                                       want.nan_to_num().view(torch.int16))
             and s_dec.item() == s_dec_v.item()):
         bad.append(("values", block_rows, rht, rounding, fused))
+    both = quantize_nvfp4(src, block_rows, rounding, rht=rht, seed=seed, values=True, codes=True)
+    if not (all(torch.equal(g, w) for g, w in zip(both[:3], (codes, scales, s_dec)))
+            and torch.equal(both[3].nan_to_num().view(torch.int16), values.nan_to_num().view(torch.int16))
+            and torch.equal(both[3].isnan(), values.isnan())):
+        bad.append(("codes and values", block_rows, rht, rounding, fused))
 os.environ["NVFP4_COMPILE_FUSED_RHT"] = ""
 x = (torch.randn(64, 96) * torch.logspace(-4, 4, 96)).bfloat16()
 want = ops.reference_quantize_pair_values(x, "nvfp4", "rne", "rne", True, "", True, False)
@@ -198,7 +203,8 @@ def test_quantize_kernels_compile_to_few_instructions_without_conversions():
 
     tiles = triton_quantize.QuantizeTiles()
     for sr, (rows, k, warps) in ((False, tiles.rne), (True, tiles.sr)):
-        flags = dict(RHT=False, TWO_D=False, SR=sr, TRANSPOSED=False, stride_k=1, BLOCK_R=rows, BLOCK_K=k, VALUES=False)
+        flags = dict(RHT=False, TWO_D=False, SR=sr, TRANSPOSED=False, stride_k=1, BLOCK_R=rows, BLOCK_K=k, CODES=True,
+                     VALUES=False, EVEN=False, REVERSED=False)
         ops = sass_ops(triton_quantize._quantize_kernel, QUANTIZE_ARGS, flags, warps)
         per_thread = rows * k / (32 * warps)
         conversions = sum(op.startswith(("F2I", "I2F")) for op in ops)

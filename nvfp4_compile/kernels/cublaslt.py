@@ -106,20 +106,25 @@ def _handle(device: int):
 class _Plan:
     """Descriptors and algorithm for one (M, N, K, out dtype, bias) on one device."""
 
-    def __init__(self, m: int, n: int, k: int, out_dtype: torch.dtype, bias_dtype: torch.dtype | None, device: int):
+    def __init__(self, m: int, n: int, k: int, out_dtype: torch.dtype, bias_dtype: torch.dtype | None, device: int,
+                 b_transposed: bool = False):
         lib, handle = _library(), _handle(device)
         self.lock = threading.Lock()
         self.desc = ctypes.c_void_p()
         _check(lib.cublasLtMatmulDescCreate(ctypes.byref(self.desc), _COMPUTE_32F, _DATA_TYPE[torch.float32]),
                "cublasLtMatmulDescCreate")
         # Row-major C [M, N] = A [M, K] @ B [N, K]^T is column-major C^T [N, M] = op(B) @ A, with B
-        # seen as a column-major K x N matrix (transposed) and A as a column-major K x M one.
-        for attr, value in ((_DESC_POINTER_MODE, _POINTER_MODE_DEVICE), (_DESC_TRANSA, _OP_T), (_DESC_TRANSB, _OP_N),
+        # seen as a column-major K x N matrix (transposed) and A as a column-major K x M one. A B
+        # that is the transposed view of a row-major [K, N] (a weight read for dgrad) is already the
+        # column-major N x K matrix: no transpose.
+        trans_b = _OP_N if b_transposed else _OP_T
+        for attr, value in ((_DESC_POINTER_MODE, _POINTER_MODE_DEVICE), (_DESC_TRANSA, trans_b), (_DESC_TRANSB, _OP_N),
                             (_DESC_EPILOGUE, _EPILOGUE_BIAS if bias_dtype is not None else _EPILOGUE_DEFAULT)):
             v = ctypes.c_int32(value)
             _check(lib.cublasLtMatmulDescSetAttribute(self.desc, attr, ctypes.byref(v), 4), "MatmulDescSetAttribute")
         self.layouts = []
-        for dtype, rows, cols in ((torch.bfloat16, k, n), (torch.bfloat16, k, m), (out_dtype, n, m)):
+        b_shape = (n, k) if b_transposed else (k, n)
+        for dtype, rows, cols in ((torch.bfloat16, *b_shape), (torch.bfloat16, k, m), (out_dtype, n, m)):
             layout = ctypes.c_void_p()
             _check(lib.cublasLtMatrixLayoutCreate(ctypes.byref(layout), _DATA_TYPE[dtype], rows, cols, rows),
                    "cublasLtMatrixLayoutCreate")
@@ -141,9 +146,10 @@ class _Plan:
 
 
 @functools.lru_cache(maxsize=256)
-def _plan(m: int, n: int, k: int, out_dtype: torch.dtype, bias_dtype: torch.dtype | None, device: int) -> _Plan:
+def _plan(m: int, n: int, k: int, out_dtype: torch.dtype, bias_dtype: torch.dtype | None, device: int,
+          b_transposed: bool) -> _Plan:
     with torch.cuda.device(device):
-        return _Plan(m, n, k, out_dtype, bias_dtype, device)
+        return _Plan(m, n, k, out_dtype, bias_dtype, device, b_transposed)
 
 
 _workspaces: dict[int, torch.Tensor] = {}
@@ -176,9 +182,15 @@ def device_zero(device: torch.device) -> torch.Tensor:
     return zero
 
 
+def transposed_view(t: torch.Tensor) -> bool:
+    """``t [N, K]`` is the transposed view of a row-major ``[K, N]`` (and not also row-major itself)."""
+    return not t.is_contiguous() and t.t().is_contiguous()
+
+
 def supported(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype, bias: torch.Tensor | None) -> bool:
-    """BF16 row-major operands with 16-byte aligned rows, and a bias (if any) of the output dtype."""
-    return (a.dtype == b.dtype == torch.bfloat16 and a.is_contiguous() and b.is_contiguous()
+    """BF16 operands with 16-byte aligned rows, ``a`` row-major and ``b`` row-major or a transposed
+    view of a row-major tensor, and a bias (if any) of the output dtype."""
+    return (a.dtype == b.dtype == torch.bfloat16 and a.is_contiguous() and (b.is_contiguous() or transposed_view(b))
             and a.shape[1] == b.shape[1] and a.shape[1] % 8 == 0 and b.shape[0] % 8 == 0
             and out_dtype in _DATA_TYPE and (bias is None or (bias.dtype == out_dtype and bias.is_contiguous()))
             and all(t.data_ptr() % 16 == 0 for t in (a, b) + ((bias,) if bias is not None else ())))
@@ -187,14 +199,14 @@ def supported(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype, bias: to
 def matmul(a: torch.Tensor, b: torch.Tensor, alpha_beta: torch.Tensor, bias: torch.Tensor | None,
            out: torch.Tensor, beta: torch.Tensor | None = None) -> torch.Tensor:
     """``out [M, N]`` (contiguous) = ``alpha * (a @ b.T) (+ bias)`` rounded once to ``out``'s dtype;
-    ``a [M, K]``, ``b [N, K]`` BF16, ``alpha_beta``: FP32 ``[alpha, 0.0]`` on the device, or with
+    ``a [M, K]``, ``b [N, K]`` BF16 (``b`` row-major or ``transposed_view``), ``alpha_beta``: FP32 ``[alpha, 0.0]`` on the device, or with
     ``beta`` (an FP32 zero on the device) the FP32 ``alpha`` alone. Raises ``CublasLtError`` when
     cuBLASLt refuses the problem."""
     m, k = a.shape
     n, out_dtype = b.shape[0], out.dtype
     ws = _workspace(a.device)  # first: raises inside a capture before anything is allocated
     lib, handle = _library(), _handle(a.device.index)
-    plan = _plan(m, n, k, out_dtype, None if bias is None else bias.dtype, a.device.index)
+    plan = _plan(m, n, k, out_dtype, None if bias is None else bias.dtype, a.device.index, transposed_view(b))
     stream = torch._C._cuda_getCurrentRawStream(a.device.index)
     b_layout, a_layout, d_layout = plan.layouts
     beta_ptr = alpha_beta.data_ptr() + 4 if beta is None else beta.data_ptr()

@@ -79,8 +79,9 @@ def dequantize_to_bf16(codes: torch.Tensor, scale_bits: torch.Tensor, alpha_of=N
 @triton.jit
 def _rht_kernel(x_ptr, out_ptr, R, K, stride_r, stride_k, TRANSPOSED: tl.constexpr,
                 BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
-    y, rows, cols, mask = _load_tile(x_ptr, tl.program_id(0) * BLOCK_R, tl.program_id(1) * BLOCK_K, R, K,
-                                     stride_r, stride_k, True, TRANSPOSED, BLOCK_R, BLOCK_K)
+    y, rows, cols = _load_tile(x_ptr, tl.program_id(0) * BLOCK_R, tl.program_id(1) * BLOCK_K, R, K,
+                               stride_r, stride_k, True, TRANSPOSED, BLOCK_R, BLOCK_K, False)
+    mask = (rows[:, None] < R) & (cols[None, :] < K)
     tl.store(out_ptr + rows[:, None].to(tl.int64) * K + cols[None, :], y.to(tl.bfloat16), mask=mask)
 
 

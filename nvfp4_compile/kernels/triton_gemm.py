@@ -31,6 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import cublaslt
 from .launch import cdiv, fast_launch
 from .triton_dequant import _fp4_tile, dequantize_to_bf16
 
@@ -59,8 +60,6 @@ _refusals_logged: set = set()
 def _cublaslt_gemm(a, b, alpha, bias, out):
     """The cuBLASLt GEMM into ``out`` (``alpha``: FP32 on the device, ``[alpha, 0]`` (beta beside
     it) or 0-dim (beta the device's zero)), or None (logged once per reason) where it does not apply."""
-    from . import cublaslt
-
     if not cublaslt.supported(a, b, out.dtype, bias):
         reason = "operands or bias it does not take (dtype, alignment, K or N not a multiple of 8)"
     else:
@@ -158,7 +157,8 @@ def _gemm_kernel_launch(a, a_s, b, b_s, a_scale, b_scale, bias, out, K, fp4_inpu
 
 
 def _gemm_on_values(a, b, a_scale, b_scale, alpha, bias, out, strategy: str, tiles: GemmTiles) -> torch.Tensor:
-    """``out = alpha * (a @ b^T) (+ bias)`` for contiguous BF16 ``q * s_dec_b`` operands: cuBLASLt
+    """``out = alpha * (a @ b^T) (+ bias)`` for row-major BF16 ``q * s_dec_b`` operands (``b`` may be
+    a ``cublaslt.transposed_view`` for ``"cublaslt"``, cuBLAS reads it too): cuBLASLt
     with ``alpha`` (FP32 on the device) for ``"cublaslt"``, the Triton GEMM for ``"triton"``,
     otherwise (or where cuBLASLt refuses) cuBLAS with an FP32 output and the epilogue kernel."""
     if strategy == "cublaslt" and _cublaslt_gemm(a, b, alpha, bias, out) is not None:
@@ -199,10 +199,14 @@ def emulated_gemm_values(a, a_scale, b, b_scale, bias, out_dtype, strategy: str 
     """``alpha * (a @ b^T) (+ bias)`` in ``out_dtype`` for BF16 operands ``a [M, K]``, ``b [N, K]``
     holding ``q * s_dec_b`` (``nvfp4::gemm_values``): ``emulated_gemm`` without the dequantize
     passes (``"fused"``, which reads codes, takes cuBLAS). ``alpha = a_scale * b_scale`` is one
-    FP32 product on the device, as there."""
+    FP32 product on the device, as there. ``b`` may be the transposed view of a row-major
+    ``[K, N]`` (dgrad's weight, ``[N_out, K_out]`` dequantized as it was saved): cuBLASLt reads it
+    in place; the other strategies copy it to row-major first."""
     M, N, K = a.shape[0], b.shape[0], a.shape[1]
     strategy, a_scale, b_scale, out, done = _prepare(a_scale, b_scale, M, N, K, bias, out_dtype, a.device, strategy)
     if done:
         return out
     alpha = a_scale * b_scale if strategy == "cublaslt" else None
-    return _gemm_on_values(a.contiguous(), b.contiguous(), a_scale, b_scale, alpha, bias, out, strategy, tiles)
+    if not (strategy == "cublaslt" and cublaslt.transposed_view(b)):
+        b = b.contiguous()
+    return _gemm_on_values(a.contiguous(), b, a_scale, b_scale, alpha, bias, out, strategy, tiles)

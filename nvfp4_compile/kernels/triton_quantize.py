@@ -92,26 +92,33 @@ def _finite_abs(v):
 
 @triton.jit
 def _load_tile(x_ptr, r0, k0, R, K, stride_r, stride_k, RHT: tl.constexpr, TRANSPOSED: tl.constexpr,
-               BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+               BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, EVEN: tl.constexpr):
     """The ``[BLOCK_R, BLOCK_K]`` tile at ``(r0, k0)`` in fp32 (after the RHT where it applies).
 
     ``TRANSPOSED``: memory runs along the rows (``stride_r == 1``, a transposed view such as
     X^T for wgrad). The tile is then loaded as ``[BLOCK_K, BLOCK_R]``, so that neighbouring
-    threads read neighbouring addresses, and transposed on chip."""
+    threads read neighbouring addresses, and transposed on chip. ``EVEN``: the tile lies inside
+    the tensor (its shape is a multiple of the tile's), so nothing is masked."""
     rows = r0 + tl.arange(0, BLOCK_R)
     cols = k0 + tl.arange(0, BLOCK_K)
-    mask = (rows[:, None] < R) & (cols[None, :] < K)
     if TRANSPOSED:
-        xt = tl.load(x_ptr + cols[:, None] * stride_k + rows[None, :] * stride_r,
-                     mask=(cols[:, None] < K) & (rows[None, :] < R), other=0.0)
+        ptrs = x_ptr + cols[:, None] * stride_k + rows[None, :] * stride_r
+        if EVEN:
+            xt = tl.load(ptrs)
+        else:
+            xt = tl.load(ptrs, mask=(cols[:, None] < K) & (rows[None, :] < R), other=0.0)
         x = tl.trans(xt)
     else:
-        x = tl.load(x_ptr + rows[:, None] * stride_r + cols[None, :] * stride_k, mask=mask, other=0.0)
+        ptrs = x_ptr + rows[:, None] * stride_r + cols[None, :] * stride_k
+        if EVEN:
+            x = tl.load(ptrs)
+        else:
+            x = tl.load(ptrs, mask=(rows[:, None] < R) & (cols[None, :] < K), other=0.0)
     if RHT:
         x = _rht_tile(x, BLOCK_R, BLOCK_K)
     else:
         x = x.to(tl.float32)
-    return x, rows, cols, mask
+    return x, rows, cols
 
 
 @triton.jit
@@ -121,8 +128,8 @@ def _amax_kernel(x_ptr, amax_bits_ptr, R, K, stride_r, stride_k, tiles_k, n_prog
     acc = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
     for i in range(0, tiles_per_program):
         t = tl.program_id(0) + i * n_programs  # past the last tile: rows >= R, all masked
-        x, rows, cols, mask = _load_tile(x_ptr, (t // tiles_k) * BLOCK_R, (t % tiles_k) * BLOCK_K, R, K,
-                                         stride_r, stride_k, RHT, TRANSPOSED, BLOCK_R, BLOCK_K)
+        x, rows, cols = _load_tile(x_ptr, (t // tiles_k) * BLOCK_R, (t % tiles_k) * BLOCK_K, R, K,
+                                   stride_r, stride_k, RHT, TRANSPOSED, BLOCK_R, BLOCK_K, False)
         acc = tl.maximum(acc, _finite_abs(x))
     tile_max = tl.max(tl.max(acc, axis=1), axis=0)
     tl.atomic_max(amax_bits_ptr, tile_max.to(tl.int32, bitcast=True))
@@ -184,42 +191,80 @@ def _e2m1_rne(v):
 def _e2m1_sr(v, r):
     """Round up with probability equal to the distance from the grid point below, in steps.
 
-    ``r``: uniform random integers in ``[0, 2^22)``. Written as bits, ``w`` holds the code of the
-    grid point below in bits 22 and up and the distance from it, in units of 2^-22 steps, in the
-    22 bits below (``|v| >= 1``: the FP32 bits rebased; below 1, where the step is 0.5: the
-    mantissa of ``1 + |v|``, rounded to 2^-23 by that addition, far below ``r``'s resolution);
-    rounding up when those bits exceed ``r`` happens with probability equal to that distance."""
+    ``r``: ``_random_bits``' thresholds. Written as bits, ``w`` holds the code of the grid point
+    below in bits 22 and up and the distance from it, in units of 2^-22 steps, in the 22 bits
+    below (``|v| >= 1``: the FP32 bits rebased; below 1, where the step is 0.5: the mantissa of
+    ``1 + |v|``, rounded to 2^-23 by that addition, far below ``r``'s resolution); shifted left by
+    10 those bits are the distance in 2^-32 steps, and exceeding ``r`` happens with probability
+    equal to that distance (to 2^-17)."""
     a = tl.minimum(tl.abs(v), 6.0)
     w = tl.where(a < 1.0, (a + 1.0).to(tl.int32, bitcast=True) - 0x3F800000,
                  a.to(tl.int32, bitcast=True) - (252 << 22))
-    code = (w >> 22) + ((w & 0x3FFFFF) > r).to(tl.int32)
+    code = (w >> 22) + ((w << 10).to(tl.uint32, bitcast=True) > r).to(tl.int32)
     return code | tl.where(v < 0, 8, 0)
 
 
 @triton.jit
+def _e2m1_rne_magnitude(v):
+    """``|_e2m1_value(_e2m1_rne(v))|`` without the code: the same two roundings, kept as floats
+    (below 1 the addition's result minus the constant; from 1 the rounded bits with the 22 bits
+    below the kept mantissa bit cleared). The caller applies the sign (``_signed_scale``)."""
+    a = tl.minimum(tl.abs(v), 6.0)
+    below_one = (a + 6291456.0) - 6291456.0
+    b = a.to(tl.int32, bitcast=True)
+    from_one = ((b + 0x1FFFFF + ((b >> 22) & 1)) & -4194304).to(tl.float32, bitcast=True)
+    return tl.where(a < 1.0, below_one, from_one)
+
+
+@triton.jit
+def _e2m1_sr_magnitude(v, r):
+    """``|_e2m1_value(_e2m1_sr(v, r))|`` without the code: the grid point below (the bits of ``1 + a``
+    or of ``a`` with the 22 bits under the kept mantissa bit cleared), plus one grid step when the
+    cleared bits exceed ``r``, as in ``_e2m1_sr``."""
+    a = tl.minimum(tl.abs(v), 6.0)
+    small = a < 1.0
+    b = a.to(tl.int32, bitcast=True)
+    t = tl.where(small, (a + 1.0).to(tl.int32, bitcast=True), b)
+    below = (t & -4194304).to(tl.float32, bitcast=True)
+    below = tl.where(small, below - 1.0, below)
+    step = tl.where(small, 0.5, ((b & 0x7F800000) - 0x800000).to(tl.float32, bitcast=True))
+    return tl.where((t << 10).to(tl.uint32, bitcast=True) > r, below + step, below)
+
+
+@triton.jit
+def _signed_scale(v, scale):
+    """The block scale carrying the code's sign (``v < 0``, so -0.0 counts as positive, as in
+    ``_e2m1_rne``): ``magnitude * _signed_scale`` is ``_e2m1_value(code) * scale`` bit for bit,
+    zeros included (the negation is a product by -1, not ``0 - scale``)."""
+    return tl.where(v < 0, scale * -1.0, scale)
+
+
+@triton.jit
 def _random_bits(seed_ptr, rows, k0, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
-    """``[BLOCK_R, BLOCK_K // 16, 16]`` random integers in ``[0, 2^22)`` with 16 random bits each (the low
-    six bits fixed at the middle of their range, so the rounding-up probability is exact to
-    2^-16 of a step). One Philox call gives 128 bits, eight values, keyed by (row, group of eight
-    columns), so any tensor size gets distinct counters."""
+    """``[BLOCK_R, BLOCK_K // 16, 16]`` rounding thresholds, uint32 ``u * 2^16 + 2^15`` for 16 random
+    bits ``u``: a distance in 2^-32 steps (``_e2m1_sr``) exceeds one with probability equal to it,
+    exact to 2^-17 (the threshold sits mid-way between the 2^-16 steps ``u`` resolves). One Philox
+    call gives 128 bits, eight thresholds, keyed by (row, group of eight columns), so any tensor
+    size gets distinct counters."""
     seed = tl.load(seed_ptr)
     groups = k0 // 8 + tl.arange(0, BLOCK_K // 8)
     c0 = rows[:, None] + 0 * groups[None, :]
     c1 = groups[None, :] + 0 * rows[:, None]
     r0, r1, r2, r3 = tl.philox(seed, c0, c1, 0 * c0, 0 * c0)
-    words = tl.join(tl.join(r0, r1), tl.join(r2, r3)).to(tl.int32, bitcast=True)  # [BLOCK_R, BLOCK_K // 8, 2, 2]
-    halves = tl.join(words & 0xFFFF, (words >> 16) & 0xFFFF)
-    return tl.reshape(halves, (BLOCK_R, BLOCK_K // 16, 16)) * 64 + 32
+    words = tl.join(tl.join(r0, r1), tl.join(r2, r3))  # uint32 [BLOCK_R, BLOCK_K // 8, 2, 2]
+    halves = tl.join((words << 16) | 0x8000, (words & 0xFFFF0000) | 0x8000)  # low and high 16 bits
+    return tl.reshape(halves, (BLOCK_R, BLOCK_K // 16, 16))
 
 
 @triton.jit
 def _quantize_tile(x, rows, k0, R, K, amax, seed_ptr, codes_ptr, scales_ptr, codes_stride, scales_stride,
-                   TWO_D: tl.constexpr, SR: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-                   VALUES: tl.constexpr):
+                   values_ptr, values_stride, TWO_D: tl.constexpr, SR: tl.constexpr, BLOCK_R: tl.constexpr,
+                   BLOCK_K: tl.constexpr, CODES: tl.constexpr, VALUES: tl.constexpr, EVEN: tl.constexpr):
     """Quantize the fp32 tile ``x [BLOCK_R, BLOCK_K]`` (rows ``rows``, columns from ``k0``) of a
-    tensor whose finite amax is ``amax``; store its packed codes and scale bits, or with
-    ``VALUES`` its block-scaled values ``q * s_dec_b`` in BF16 (exact; NaN in a non-finite
-    block) at ``codes_ptr`` with row stride ``codes_stride``. Returns S_dec."""
+    tensor whose finite amax is ``amax``; with ``CODES`` store its packed codes and scale bits,
+    with ``VALUES`` its block-scaled values ``q * s_dec_b`` in BF16 (exact; NaN in a non-finite
+    block) at ``values_ptr`` with row stride ``values_stride``, or both; ``EVEN``: no store is
+    masked (the tile lies inside the outputs). Returns S_dec."""
     s_enc = tl.minimum(tl.math.div_rn(2688.0, amax), FP32_MAX)
     s_enc = tl.where((amax == 0.0) | (s_enc == 0.0), 1.0, s_enc)
     s_dec = tl.math.div_rn(1.0, s_enc)
@@ -241,43 +286,63 @@ def _quantize_tile(x, rows, k0, R, K, amax, seed_ptr, codes_ptr, scales_ptr, cod
 
     v = x * s_enc_b[:, :, None]
     if SR:
-        codes = _e2m1_sr(v, _random_bits(seed_ptr, rows, k0, BLOCK_R, BLOCK_K))
-    else:
-        codes = _e2m1_rne(v)
-    if VALUES:  # what the dequantize kernel would make of the codes and scales, without them in memory
-        values = (_e2m1_value(codes) * _e4m3_value(scale_bits)[:, :, None]).to(tl.bfloat16)
+        r = _random_bits(seed_ptr, rows, k0, BLOCK_R, BLOCK_K)
+    if CODES:
+        if SR:
+            codes = _e2m1_sr(v, r)
+        else:
+            codes = _e2m1_rne(v)
+    if VALUES:  # what the dequantize kernel would make of the codes and scales, without reading them
+        scale = _e4m3_value(scale_bits)[:, :, None]
+        if CODES:
+            values = _e2m1_value(codes) * scale
+        elif SR:
+            values = _e2m1_sr_magnitude(v, r) * _signed_scale(v, scale)
+        else:
+            values = _e2m1_rne_magnitude(v) * _signed_scale(v, scale)
+        values = values.to(tl.bfloat16)
         r3 = rows[:, None, None]
         cols3 = k0 + tl.arange(0, NB)[None, :, None] * 16 + tl.arange(0, 16)[None, None, :]
-        tl.store(codes_ptr + r3.to(tl.int64) * codes_stride + cols3, values, mask=(r3 < R) & (cols3 < K))
-        return s_dec
-    low, high = tl.split(tl.reshape(codes, (BLOCK_R, NB, 8, 2)))
-    packed = tl.where(bad[:, :, None], 0, low | (high << 4)).to(tl.uint8)  # a non-finite block keeps zero codes
+        if EVEN:
+            tl.store(values_ptr + r3.to(tl.int64) * values_stride + cols3, values)
+        else:
+            tl.store(values_ptr + r3.to(tl.int64) * values_stride + cols3, values, mask=(r3 < R) & (cols3 < K))
+    if CODES:
+        low, high = tl.split(tl.reshape(codes, (BLOCK_R, NB, 8, 2)))
+        packed = tl.where(bad[:, :, None], 0, low | (high << 4)).to(tl.uint8)  # a non-finite block keeps zero codes
 
-    # Stored as runs of 4 bytes (a thread's share of two 8-byte blocks' codes): a wider run would
-    # make Triton store through another layout and convert the tile into it through shared memory.
-    packed = tl.reshape(packed, (BLOCK_R, BLOCK_K // 8, 4))
-    r3 = rows[:, None, None]
-    pcols = k0 // 2 + tl.arange(0, BLOCK_K // 8)[None, :, None] * 4 + tl.arange(0, 4)[None, None, :]
-    tl.store(codes_ptr + r3 * codes_stride + pcols, packed, mask=(r3 < R) & (pcols < K // 2))
-    scale_bits = tl.broadcast_to(scale_bits, (BLOCK_R, NB))  # a 2D tile's scale repeats on its 16 rows
-    scols = k0 // 16 + tl.arange(0, NB)
-    smask = (rows[:, None] < R) & (scols[None, :] < K // 16)
-    tl.store(scales_ptr + rows[:, None] * scales_stride + scols[None, :], scale_bits.to(tl.uint8), mask=smask)
+        # Stored as runs of 4 bytes (a thread's share of two 8-byte blocks' codes): a wider run would
+        # make Triton store through another layout and convert the tile into it through shared memory.
+        packed = tl.reshape(packed, (BLOCK_R, BLOCK_K // 8, 4))
+        r3 = rows[:, None, None]
+        pcols = k0 // 2 + tl.arange(0, BLOCK_K // 8)[None, :, None] * 4 + tl.arange(0, 4)[None, None, :]
+        scale_bits = tl.broadcast_to(scale_bits, (BLOCK_R, NB))  # a 2D tile's scale repeats on its 16 rows
+        scols = k0 // 16 + tl.arange(0, NB)
+        if EVEN:
+            tl.store(codes_ptr + r3 * codes_stride + pcols, packed)
+            tl.store(scales_ptr + rows[:, None] * scales_stride + scols[None, :], scale_bits.to(tl.uint8))
+        else:
+            tl.store(codes_ptr + r3 * codes_stride + pcols, packed, mask=(r3 < R) & (pcols < K // 2))
+            smask = (rows[:, None] < R) & (scols[None, :] < K // 16)
+            tl.store(scales_ptr + rows[:, None] * scales_stride + scols[None, :], scale_bits.to(tl.uint8), mask=smask)
     return s_dec
 
 
 @triton.jit
-def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, amax_bits_ptr, s_dec_ptr, seed_ptr,
-                     R, K, stride_r, stride_k, codes_stride, scales_stride,
+def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, amax_bits_ptr, s_dec_ptr, seed_ptr,
+                     R, K, stride_r, stride_k, codes_stride, scales_stride, values_stride,
                      RHT: tl.constexpr, TWO_D: tl.constexpr, SR: tl.constexpr, TRANSPOSED: tl.constexpr,
-                     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, VALUES: tl.constexpr):
+                     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, CODES: tl.constexpr, VALUES: tl.constexpr,
+                     EVEN: tl.constexpr, REVERSED: tl.constexpr):
     pid_r, pid_k = tl.program_id(0), tl.program_id(1)
+    if REVERSED:  # last tiles first: those a kernel just before touched last, likely still in L2
+        pid_r = tl.num_programs(0) - 1 - pid_r
+        pid_k = tl.num_programs(1) - 1 - pid_k
     r0, k0 = pid_r * BLOCK_R, pid_k * BLOCK_K
-    x, rows, cols, mask = _load_tile(x_ptr, r0, k0, R, K, stride_r, stride_k, RHT, TRANSPOSED,
-                                     BLOCK_R, BLOCK_K)
+    x, rows, cols = _load_tile(x_ptr, r0, k0, R, K, stride_r, stride_k, RHT, TRANSPOSED, BLOCK_R, BLOCK_K, EVEN)
     amax = tl.load(amax_bits_ptr).to(tl.float32, bitcast=True)
     s_dec = _quantize_tile(x, rows, k0, R, K, amax, seed_ptr, codes_ptr, scales_ptr, codes_stride, scales_stride,
-                           TWO_D, SR, BLOCK_R, BLOCK_K, VALUES)
+                           values_ptr, values_stride, TWO_D, SR, BLOCK_R, BLOCK_K, CODES, VALUES, EVEN)
     if pid_r == 0 and pid_k == 0:
         tl.store(s_dec_ptr, s_dec)
 
@@ -340,11 +405,16 @@ def is_transposed(x: torch.Tensor) -> bool:
 
 def quantize_nvfp4(x: torch.Tensor, block_rows: int = 1, rounding: str = "rne", rht: bool = False,
                    seed: torch.Tensor | None = None, tiles: QuantizeTiles = DEFAULT_TILES,
-                   amax_bits: torch.Tensor | None = None, values: bool = False):
+                   amax_bits: torch.Tensor | None = None, values: bool = False, codes: bool | None = None,
+                   reversed_order: bool = False):
     """``x [R, K]`` (any strides, K a multiple of 16; R a multiple of 16 for 2D) ->
     (codes uint8 [R, K/2], scale bits uint8 [R, K/16], S_dec fp32 0-dim); with ``values``,
     (``q * s_dec_b`` in BF16 [R, K], S_dec): the GEMM operand the dequantize kernel would make of
-    the codes and scales, written by the quantize kernel itself (``nvfp4::quantize_values``).
+    the codes and scales, written by the quantize kernel itself (``nvfp4::quantize_values``);
+    with ``values`` and ``codes`` both, (codes, scale bits, S_dec, values) from the one pass
+    (``nvfp4::quantize_with_values``: a 2D weight's fprop operand and the codes saved for dgrad).
+    ``reversed_order``: the tiles run from the last to the first (for a tensor the previous
+    kernel read or wrote in order: its end is the part still in L2).
 
     ``amax_bits``: the finite amax of ``x`` (after the RHT where it applies) as FP32 bits in an
     int32 0-dim device tensor, when the caller has it; the amax pass is then skipped.
@@ -365,24 +435,32 @@ def quantize_nvfp4(x: torch.Tensor, block_rows: int = 1, rounding: str = "rne", 
         from .triton_rht_transpose import rht_transpose
 
         y, y_amax = rht_transpose(x.t(), *tiles.rht_transpose)
-        return quantize_nvfp4(y, block_rows, rounding, False, seed, tiles, y_amax, values)
-    if values:
-        codes = torch.empty((R, K), dtype=torch.bfloat16, device=x.device)
-        scales = codes  # unused
+        return quantize_nvfp4(y, block_rows, rounding, False, seed, tiles, y_amax, values, codes)
+    codes = not values if codes is None else codes
+    if not (codes or values):
+        raise ValueError("quantize_nvfp4: nothing to write (codes=False, values=False)")
+    dev = x.device
+    values_out = torch.empty((R, K), dtype=torch.bfloat16, device=dev) if values else None
+    if codes:
+        codes_out = torch.empty((R, K // 2), dtype=torch.uint8, device=dev)
+        scales = torch.empty((R, K // 16), dtype=torch.uint8, device=dev)
     else:
-        codes = torch.empty((R, K // 2), dtype=torch.uint8, device=x.device)
-        scales = torch.empty((R, K // 16), dtype=torch.uint8, device=x.device)
+        codes_out = scales = values_out  # unused
+    s_dec = torch.empty((), dtype=torch.float32, device=dev)
+    if not codes:
+        out = (values_out, s_dec)
+    else:
+        out = (codes_out, scales, s_dec, values_out) if values else (codes_out, scales, s_dec)
     given_amax = amax_bits is not None
     if not given_amax:
-        amax_bits = torch.zeros((), dtype=torch.int32, device=x.device)
-    s_dec = torch.empty((), dtype=torch.float32, device=x.device)
+        amax_bits = torch.zeros((), dtype=torch.int32, device=dev)
     if rounding == "sr" and seed is None:
         seed = torch.randint(0, 2**31 - 1, (), device=x.device, dtype=torch.int32)
     if seed is None:
         seed = amax_bits  # unused
     if not (R and K):
         s_dec.fill_(1.0)
-        return (codes, s_dec) if values else (codes, scales, s_dec)
+        return out
     transposed = is_transposed(x)
     if not given_amax:
         # Without the RHT the amax does not depend on the orientation: read memory in its order.
@@ -405,7 +483,8 @@ def quantize_nvfp4(x: torch.Tensor, block_rows: int = 1, rounding: str = "rne", 
     else:
         qr, qk, warps = tiles.sr if sr else tiles.rne
     _QUANTIZE[(cdiv(R, qr), cdiv(K, qk))](
-        x, codes, scales, amax_bits, s_dec, seed, R, K, x.stride(0), x.stride(1),
-        codes.stride(0), scales.stride(0), RHT=rht, TWO_D=block_rows == 16, SR=sr,
-        TRANSPOSED=transposed, BLOCK_R=qr, BLOCK_K=qk, VALUES=values, num_warps=warps)
-    return (codes, s_dec) if values else (codes, scales, s_dec)
+        x, codes_out, scales, values_out if values else codes_out, amax_bits, s_dec, seed, R, K,
+        x.stride(0), x.stride(1), codes_out.stride(0), scales.stride(0), values_out.stride(0) if values else 0,
+        RHT=rht, TWO_D=block_rows == 16, SR=sr, TRANSPOSED=transposed, BLOCK_R=qr, BLOCK_K=qk, CODES=codes,
+        VALUES=values, EVEN=R % qr == 0 and K % qk == 0, REVERSED=reversed_order, num_warps=warps)
+    return out

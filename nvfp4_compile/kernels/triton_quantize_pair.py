@@ -66,7 +66,7 @@ def _pair_quantize_kernel(x_ptr, codes_ptr, scales_ptr, s_dec_ptr, codes_t_ptr, 
     amax_t = tl.load(amax_bits_ptr + 1).to(tl.float32, bitcast=True)
     # Along K: rows of x are the output's rows; stores stop at R rows and Kp columns.
     s_dec = _quantize_tile(x.to(tl.float32), rows, k0, R, Kp, amax, seed_ptr, codes_ptr, scales_ptr,
-                           codes_stride, scales_stride, False, SR, BLOCK_R, BLOCK_K, False)
+                           codes_stride, scales_stride, codes_ptr, 0, False, SR, BLOCK_R, BLOCK_K, True, False, False)
     # x^T on chip (BF16, before any arithmetic), then the RHT as ``triton_quantize`` does it
     # for a transposed view. (The left product ``blockdiag(H)^T @ x``, which needs no
     # transpose before the MMA, measured 1.6x slower for the pair on an H100.)
@@ -77,7 +77,8 @@ def _pair_quantize_kernel(x_ptr, codes_ptr, scales_ptr, s_dec_ptr, codes_t_ptr, 
         yt = xt.to(tl.float32)
     # Along R: columns of x are the output's rows; stores stop at K rows and Rp columns.
     s_dec_t = _quantize_tile(yt, cols, r0, K, Rp, amax_t, seed_ptr + 1, codes_t_ptr, scales_t_ptr,
-                             codes_t_stride, scales_t_stride, False, SR_T, BLOCK_K, BLOCK_R, False)
+                             codes_t_stride, scales_t_stride, codes_t_ptr, 0, False, SR_T, BLOCK_K, BLOCK_R,
+                             True, False, False)
     if pid_r == 0 and pid_k == 0:
         tl.store(s_dec_ptr, s_dec)
         tl.store(s_dec_t_ptr, s_dec_t)

@@ -14,6 +14,8 @@ instead of two transposed reads with the transform computed twice.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -83,17 +85,23 @@ def quantize_pair_rht(x: torch.Tensor, rounding: str = "rne", rounding_t: str = 
     values, an empty uint8 tensor in place of the scale bits, S_dec).
 
     Three passes: ``rht_transpose`` (one read of x: both amaxes and ``RHT(x^T)`` in BF16), then
-    the rowwise kernel on x and on that, each with its amax given (no amax pass of its own)."""
+    the rowwise kernel on that and on x, each with its amax given (no amax pass of its own) and
+    its tiles in reverse order, so that each starts on what L2 still holds."""
     y, y_amax, x_amax = rht_transpose(x, *tiles.rht_transpose, x_amax=True)
     seeds = (None, None)
     if "sr" in (rounding, rounding_t):  # one draw for both (host time: every launch counts)
         seeds = torch.randint(0, 2**31 - 1, (2,), device=x.device, dtype=torch.int32).unbind()
-    out = []
-    for src, how, seed, amax, as_values in ((x, rounding, seeds[0], x_amax, values[0]),
-                                            (y, rounding_t, seeds[1], y_amax, values[1])):
-        q = quantize_nvfp4(src, 1, how, seed=seed, tiles=tiles, amax_bits=amax, values=as_values)
-        out.extend((q[0], no_scale_bits(x.device), q[1]) if as_values else q)
-    return tuple(out)
+    # y first, then x, each from its end: rht_transpose reads x and writes y in order, so their
+    # ends are what L2 still holds (NVFP4_COMPILE_L2_ORDER=0: x then y, from the start).
+    l2_order = os.environ.get("NVFP4_COMPILE_L2_ORDER") != "0"
+    halves = [(x, rounding, seeds[0], x_amax, values[0]), (y, rounding_t, seeds[1], y_amax, values[1])]
+    quantized = {}
+    for i in ((1, 0) if l2_order else (0, 1)):
+        src, how, seed, amax, as_values = halves[i]
+        q = quantize_nvfp4(src, 1, how, seed=seed, tiles=tiles, amax_bits=amax, values=as_values,
+                           reversed_order=l2_order)
+        quantized[i] = (q[0], no_scale_bits(x.device), q[1]) if as_values else q
+    return (*quantized[0], *quantized[1])
 
 
 def no_scale_bits(device) -> torch.Tensor:
