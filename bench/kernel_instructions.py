@@ -69,17 +69,21 @@ def main():
         values = flags.setdefault("VALUES", False)
         flags.setdefault("CODES", not values)
         flags.setdefault("EVEN", True)  # 8192 x 8192: every tile inside the tensor
-        flags.setdefault("REVERSED", False)
         ops = sass_ops(triton_quantize._quantize_kernel, QUANTIZE_ARGS,
                        {**flags, **fixed, "BLOCK_R": r, "BLOCK_K": k}, warps)
         rows.append((f"quantize {name}", ops, r * k / (32 * warps)))
     r, k, warps = t.rht_transpose
     ops = sass_ops(triton_rht_transpose._rht_transpose_kernel,
                    {"x_ptr": "*bf16", "y_ptr": "*bf16", "amax_bits_ptr": "*i32", "T": "i32", "F": "i32",
-                    "stride_t": "i32", "stride_f": "i32", "y_stride": "i32", "tiles_f": "i32", "n_programs": "i32",
-                    "tiles_per_program": "i32"},
-                   {"stride_f": 1, "X_AMAX": True, "BLOCK_T": r, "BLOCK_F": k}, warps)
+                    "stride_t": "i32", "stride_f": "i32", "y_stride": "i32", "tiles_f": "i32", "n_tiles": "i32"},
+                   {"stride_f": 1, "X_AMAX": True, "BLOCK_T": r, "BLOCK_F": k, "EVEN": True}, warps)
     rows.append(("rht_transpose (one tile of its loop)", ops, r * k / (32 * warps)))
+    r, k, warps = t.amax
+    ops = sass_ops(triton_quantize._amax_kernel,
+                   {"x_ptr": "*bf16", "amax_bits_ptr": "*i32", "R": "i32", "K": "i32", "stride_r": "i32",
+                    "stride_k": "i32", "tiles_k": "i32", "n_tiles": "i32"},
+                   {"stride_k": 1, "RHT": False, "TRANSPOSED": False, "BLOCK_R": r, "BLOCK_K": k, "EVEN": True}, warps)
+    rows.append(("amax (one tile of its loop)", ops, r * k / (32 * warps)))
     ops = sass_ops(triton_dequant._dequant_kernel,
                    {"codes_ptr": "*u8", "scales_ptr": "*u8", "out_ptr": "*bf16", "R": "i32", "K": "i32",
                     "a_scale_ptr": "*fp32", "b_scale_ptr": "*fp32", "alpha_beta_ptr": "*fp32"},

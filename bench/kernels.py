@@ -59,21 +59,6 @@ def fused_rht(fn):
 PAIR_SWEEP = [PairTiles(), PairTiles(128, 4, 64, 4), PairTiles(256, 8, 64, 16)]
 
 
-def with_env(name: str, value: str, fn):
-    """``fn`` run with the environment variable ``name`` set to ``value`` (read by the op at call time)."""
-    def run():
-        old = os.environ.get(name)
-        os.environ[name] = value
-        try:
-            return fn()
-        finally:
-            if old is None:
-                del os.environ[name]
-            else:
-                os.environ[name] = old
-    return run
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=8192)
@@ -132,13 +117,10 @@ def main(argv=None):
             cases[f"triton {name}, rht_transpose + 2 rowwise (default)"] = (
                 lambda r, rt: lambda: quantize_pair_rht(x, r, rt))(r, rt)
             # As the training step runs them: BF16 values for the operands used in the same pass
-            # (X rowwise; dY both ways), with and without the L2-aware order of the two rowwise passes.
+            # (X rowwise; dY both ways).
             values = (True, r == "sr")
-            for order in ("1", "0"):
-                label = f"triton {name}, values {values}, L2 order {'on' if order == '1' else 'off'}"
-                cases[label] = (lambda r, rt, v, o: with_env("NVFP4_COMPILE_L2_ORDER", o,
-                                                             lambda: quantize_pair_rht(x, r, rt, values=v)))(
-                    r, rt, values, order)
+            cases[f"triton {name}, values {values}"] = (
+                lambda r, rt, v: lambda: quantize_pair_rht(x, r, rt, values=v))(r, rt, values)
         from nvfp4_compile.kernels.triton_transpose import transpose_2d_nvfp4
 
         w_codes, w_scales, _ = quantize_nvfp4(x, 16, "rne")

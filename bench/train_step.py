@@ -78,15 +78,14 @@ def profile(name: str, step, rows: int = 30) -> None:
     print(f"{name}: GPU kernels {busy:.1f} ms per step, wall {wall:.1f} ms per step (profiled)")
 
 
-VARIANT_ENV = {"codes": ("NVFP4_COMPILE_BF16_OPERANDS", "0"), "l2-off": ("NVFP4_COMPILE_L2_ORDER", "0")}
+VARIANT_ENV = {"codes": ("NVFP4_COMPILE_BF16_OPERANDS", "0")}
 
 
 def run(name: str, config: dict, steps: int, device: str, profile_steps: bool = False) -> dict:
     """One run: ``backend[:mode][@variant,...]``. Variants turn off one improvement to measure it:
     ``plain-host`` the host-time savings of the NVFP4 ops (cached Triton launches, the autograd
     fallthrough), ``codes`` the BF16 operands written by the quantizers (every GEMM operand
-    dequantized from FP4 codes, ``NVFP4_COMPILE_BF16_OPERANDS=0``), ``l2-off`` the L2-aware order
-    of the rowwise passes after ``rht_transpose`` (``NVFP4_COMPILE_L2_ORDER=0``)."""
+    dequantized from FP4 codes, ``NVFP4_COMPILE_BF16_OPERANDS=0``)."""
     from nvfp4_compile import ops
     from nvfp4_compile.kernels import launch
 

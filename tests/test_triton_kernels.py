@@ -204,7 +204,7 @@ def test_quantize_kernels_compile_to_few_instructions_without_conversions():
     tiles = triton_quantize.QuantizeTiles()
     for sr, (rows, k, warps) in ((False, tiles.rne), (True, tiles.sr)):
         flags = dict(RHT=False, TWO_D=False, SR=sr, TRANSPOSED=False, stride_k=1, BLOCK_R=rows, BLOCK_K=k, CODES=True,
-                     VALUES=False, EVEN=False, REVERSED=False)
+                     VALUES=False, EVEN=False)
         ops = sass_ops(triton_quantize._quantize_kernel, QUANTIZE_ARGS, flags, warps)
         per_thread = rows * k / (32 * warps)
         conversions = sum(op.startswith(("F2I", "I2F")) for op in ops)

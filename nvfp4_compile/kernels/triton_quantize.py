@@ -122,17 +122,31 @@ def _load_tile(x_ptr, r0, k0, R, K, stride_r, stride_k, RHT: tl.constexpr, TRANS
 
 
 @triton.jit
-def _amax_kernel(x_ptr, amax_bits_ptr, R, K, stride_r, stride_k, tiles_k, n_programs, tiles_per_program, RHT: tl.constexpr,
-                 TRANSPOSED: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Persistent: each program folds many tiles into a register maximum, then one atomic."""
-    acc = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
-    for i in range(0, tiles_per_program):
-        t = tl.program_id(0) + i * n_programs  # past the last tile: rows >= R, all masked
+def _amax_key(v):
+    """FP32 ``v`` -> a uint32 whose order is that of ``|v|`` among finite values, with NaN and Inf
+    below every finite value: the bits without the sign, doubled, plus 2^24, so that Inf and
+    NaN (the only doubled bits at or above 0xFF000000) wrap below 2^24. Two instructions where a
+    finite test, a select and a float maximum take three."""
+    return (v.to(tl.uint32, bitcast=True) << 1) + 0x1000000
+
+
+@triton.jit
+def _amax_bits(key):
+    """The largest ``_amax_key`` -> the FP32 bits (int32) of that finite ``|v|``; 0 if there was none."""
+    return tl.where(key >= 0x1000000, (key - 0x1000000) >> 1, 0).to(tl.int32)
+
+
+@triton.jit
+def _amax_kernel(x_ptr, amax_bits_ptr, R, K, stride_r, stride_k, tiles_k, n_tiles, RHT: tl.constexpr,
+                 TRANSPOSED: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, EVEN: tl.constexpr):
+    """Persistent: each program folds tiles ``pid, pid + programs, ...`` into a register maximum,
+    then one atomic. ``EVEN``: the tiles cover the tensor exactly, so no load is masked."""
+    acc = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.uint32)
+    for t in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
         x, rows, cols = _load_tile(x_ptr, (t // tiles_k) * BLOCK_R, (t % tiles_k) * BLOCK_K, R, K,
-                                   stride_r, stride_k, RHT, TRANSPOSED, BLOCK_R, BLOCK_K, False)
-        acc = tl.maximum(acc, _finite_abs(x))
-    tile_max = tl.max(tl.max(acc, axis=1), axis=0)
-    tl.atomic_max(amax_bits_ptr, tile_max.to(tl.int32, bitcast=True))
+                                   stride_r, stride_k, RHT, TRANSPOSED, BLOCK_R, BLOCK_K, EVEN)
+        acc = tl.maximum(acc, _amax_key(x))
+    tl.atomic_max(amax_bits_ptr, _amax_bits(tl.max(tl.max(acc, axis=1), axis=0)))
 
 
 @triton.jit
@@ -333,11 +347,8 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, amax_bits_ptr, s_
                      R, K, stride_r, stride_k, codes_stride, scales_stride, values_stride,
                      RHT: tl.constexpr, TWO_D: tl.constexpr, SR: tl.constexpr, TRANSPOSED: tl.constexpr,
                      BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, CODES: tl.constexpr, VALUES: tl.constexpr,
-                     EVEN: tl.constexpr, REVERSED: tl.constexpr):
+                     EVEN: tl.constexpr):
     pid_r, pid_k = tl.program_id(0), tl.program_id(1)
-    if REVERSED:  # last tiles first: those a kernel just before touched last, likely still in L2
-        pid_r = tl.num_programs(0) - 1 - pid_r
-        pid_k = tl.num_programs(1) - 1 - pid_k
     r0, k0 = pid_r * BLOCK_R, pid_k * BLOCK_K
     x, rows, cols = _load_tile(x_ptr, r0, k0, R, K, stride_r, stride_k, RHT, TRANSPOSED, BLOCK_R, BLOCK_K, EVEN)
     amax = tl.load(amax_bits_ptr).to(tl.float32, bitcast=True)
@@ -405,16 +416,13 @@ def is_transposed(x: torch.Tensor) -> bool:
 
 def quantize_nvfp4(x: torch.Tensor, block_rows: int = 1, rounding: str = "rne", rht: bool = False,
                    seed: torch.Tensor | None = None, tiles: QuantizeTiles = DEFAULT_TILES,
-                   amax_bits: torch.Tensor | None = None, values: bool = False, codes: bool | None = None,
-                   reversed_order: bool = False):
+                   amax_bits: torch.Tensor | None = None, values: bool = False, codes: bool | None = None):
     """``x [R, K]`` (any strides, K a multiple of 16; R a multiple of 16 for 2D) ->
     (codes uint8 [R, K/2], scale bits uint8 [R, K/16], S_dec fp32 0-dim); with ``values``,
     (``q * s_dec_b`` in BF16 [R, K], S_dec): the GEMM operand the dequantize kernel would make of
     the codes and scales, written by the quantize kernel itself (``nvfp4::quantize_values``);
     with ``values`` and ``codes`` both, (codes, scale bits, S_dec, values) from the one pass
     (``nvfp4::quantize_with_values``: a 2D weight's fprop operand and the codes saved for dgrad).
-    ``reversed_order``: the tiles run from the last to the first (for a tensor the previous
-    kernel read or wrote in order: its end is the part still in L2).
 
     ``amax_bits``: the finite amax of ``x`` (after the RHT where it applies) as FP32 bits in an
     int32 0-dim device tensor, when the caller has it; the amax pass is then skipped.
@@ -470,9 +478,9 @@ def quantize_nvfp4(x: torch.Tensor, block_rows: int = 1, rounding: str = "rne", 
         n_tiles = cdiv(src.shape[0], ar) * tiles_k
         programs = min(n_tiles, _programs(x.device))
         _AMAX[(programs,)](
-            src, amax_bits, src.shape[0], src.shape[1], src.stride(0), src.stride(1), tiles_k, programs,
-            cdiv(n_tiles, programs), RHT=rht, TRANSPOSED=transposed and rht, BLOCK_R=ar, BLOCK_K=ak,
-            num_warps=amax_warps)
+            src, amax_bits, src.shape[0], src.shape[1], src.stride(0), src.stride(1), tiles_k, n_tiles,
+            RHT=rht, TRANSPOSED=transposed and rht, BLOCK_R=ar, BLOCK_K=ak,
+            EVEN=src.shape[0] % ar == 0 and src.shape[1] % ak == 0, num_warps=amax_warps)
     sr = rounding == "sr"
     if block_rows == 16:
         qr, qk, warps = tiles.two_d
@@ -486,5 +494,5 @@ def quantize_nvfp4(x: torch.Tensor, block_rows: int = 1, rounding: str = "rne", 
         x, codes_out, scales, values_out if values else codes_out, amax_bits, s_dec, seed, R, K,
         x.stride(0), x.stride(1), codes_out.stride(0), scales.stride(0), values_out.stride(0) if values else 0,
         RHT=rht, TWO_D=block_rows == 16, SR=sr, TRANSPOSED=transposed, BLOCK_R=qr, BLOCK_K=qk, CODES=codes,
-        VALUES=values, EVEN=R % qr == 0 and K % qk == 0, REVERSED=reversed_order, num_warps=warps)
+        VALUES=values, EVEN=R % qr == 0 and K % qk == 0, num_warps=warps)
     return out

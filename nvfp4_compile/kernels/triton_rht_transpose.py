@@ -14,43 +14,48 @@ instead of two transposed reads with the transform computed twice.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from .launch import cdiv, fast_launch
-from .triton_quantize import (DEFAULT_TILES, _INTERPRETED, QuantizeTiles, _finite_abs, _programs, _rht_matrix,
-                              _round_to_bf16, quantize_nvfp4)
+from .triton_quantize import (DEFAULT_TILES, _INTERPRETED, QuantizeTiles, _amax_bits, _amax_key, _programs,
+                              _rht_matrix, _round_to_bf16, quantize_nvfp4)
 
 
 @triton.jit
-def _rht_transpose_kernel(x_ptr, y_ptr, amax_bits_ptr, T, F, stride_t, stride_f, y_stride, tiles_f, n_programs,
-                          tiles_per_program, X_AMAX: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr):
+def _rht_transpose_kernel(x_ptr, y_ptr, amax_bits_ptr, T, F, stride_t, stride_f, y_stride, tiles_f, n_tiles,
+                          X_AMAX: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, EVEN: tl.constexpr):
     RUNS: tl.constexpr = BLOCK_T // 16
     ht = tl.broadcast_to(tl.trans(_rht_matrix())[None, :, :], (RUNS, 16, 16))
-    acc = tl.zeros((BLOCK_T, BLOCK_F), dtype=tl.float32)
-    acc_x = tl.zeros((BLOCK_T, BLOCK_F), dtype=tl.float32)
-    for i in range(0, tiles_per_program):
-        tile = tl.program_id(0) + i * n_programs  # past the last tile: rows >= T, all masked
+    acc = tl.zeros((BLOCK_T, BLOCK_F), dtype=tl.uint32)
+    acc_x = tl.zeros((BLOCK_T, BLOCK_F), dtype=tl.uint32)
+    for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
         tokens = (tile // tiles_f) * BLOCK_T + tl.arange(0, BLOCK_T)
         features = (tile % tiles_f) * BLOCK_F + tl.arange(0, BLOCK_F)
-        mask = (tokens[:, None] < T) & (features[None, :] < F)
-        x = tl.load(x_ptr + tokens[:, None] * stride_t + features[None, :] * stride_f, mask=mask, other=0.0)
+        x_ptrs = x_ptr + tokens[:, None] * stride_t + features[None, :] * stride_f
+        y_ptrs = y_ptr + features[None, :] * y_stride + tokens[:, None]
+        if EVEN:  # the tiles cover x exactly: nothing masked
+            x = tl.load(x_ptrs)
+        else:
+            mask = (tokens[:, None] < T) & (features[None, :] < F)
+            x = tl.load(x_ptrs, mask=mask, other=0.0)
         if X_AMAX:  # the amax of x itself, for its rowwise quantization: no second read of x
-            acc_x = tl.maximum(acc_x, _finite_abs(x.to(tl.float32)))
+            acc_x = tl.maximum(acc_x, _amax_key(x.to(tl.float32)))
         runs = tl.reshape(x, (RUNS, 16, BLOCK_F))
         if _INTERPRETED:
             y = tl.dot(ht, runs.to(tl.float32), input_precision="ieee")
         else:
             y = tl.dot(ht, runs)
         y = tl.reshape(_round_to_bf16(y), (BLOCK_T, BLOCK_F))
-        acc = tl.maximum(acc, _finite_abs(y))
-        tl.store(y_ptr + features[None, :] * y_stride + tokens[:, None], y.to(tl.bfloat16), mask=mask)
-    tl.atomic_max(amax_bits_ptr, tl.max(tl.max(acc, axis=1), axis=0).to(tl.int32, bitcast=True))
+        acc = tl.maximum(acc, _amax_key(y))
+        if EVEN:
+            tl.store(y_ptrs, y.to(tl.bfloat16))
+        else:
+            tl.store(y_ptrs, y.to(tl.bfloat16), mask=mask)
+    tl.atomic_max(amax_bits_ptr, _amax_bits(tl.max(tl.max(acc, axis=1), axis=0)))
     if X_AMAX:
-        tl.atomic_max(amax_bits_ptr + 1, tl.max(tl.max(acc_x, axis=1), axis=0).to(tl.int32, bitcast=True))
+        tl.atomic_max(amax_bits_ptr + 1, _amax_bits(tl.max(tl.max(acc_x, axis=1), axis=0)))
 
 
 _RHT_TRANSPOSE = fast_launch(_rht_transpose_kernel)
@@ -71,9 +76,9 @@ def rht_transpose(x: torch.Tensor, block_t: int = 64, block_f: int = 64, num_war
     tiles_f = cdiv(F, block_f)
     n_tiles = cdiv(T, block_t) * tiles_f
     programs = min(n_tiles, _programs(x.device))
-    _RHT_TRANSPOSE[(programs,)](x, y, amax_bits, T, F, x.stride(0), x.stride(1), y.stride(0), tiles_f,
-                                programs, cdiv(n_tiles, programs), X_AMAX=x_amax, BLOCK_T=block_t,
-                                BLOCK_F=block_f, num_warps=num_warps)
+    _RHT_TRANSPOSE[(programs,)](x, y, amax_bits, T, F, x.stride(0), x.stride(1), y.stride(0), tiles_f, n_tiles,
+                                X_AMAX=x_amax, BLOCK_T=block_t, BLOCK_F=block_f,
+                                EVEN=T % block_t == 0 and F % block_f == 0, num_warps=num_warps)
     return (y, *amaxes)
 
 
@@ -85,23 +90,17 @@ def quantize_pair_rht(x: torch.Tensor, rounding: str = "rne", rounding_t: str = 
     values, an empty uint8 tensor in place of the scale bits, S_dec).
 
     Three passes: ``rht_transpose`` (one read of x: both amaxes and ``RHT(x^T)`` in BF16), then
-    the rowwise kernel on that and on x, each with its amax given (no amax pass of its own) and
-    its tiles in reverse order, so that each starts on what L2 still holds."""
+    the rowwise kernel on x and on that, each with its amax given (no amax pass of its own)."""
     y, y_amax, x_amax = rht_transpose(x, *tiles.rht_transpose, x_amax=True)
     seeds = (None, None)
     if "sr" in (rounding, rounding_t):  # one draw for both (host time: every launch counts)
         seeds = torch.randint(0, 2**31 - 1, (2,), device=x.device, dtype=torch.int32).unbind()
-    # y first, then x, each from its end: rht_transpose reads x and writes y in order, so their
-    # ends are what L2 still holds (NVFP4_COMPILE_L2_ORDER=0: x then y, from the start).
-    l2_order = os.environ.get("NVFP4_COMPILE_L2_ORDER") != "0"
-    halves = [(x, rounding, seeds[0], x_amax, values[0]), (y, rounding_t, seeds[1], y_amax, values[1])]
-    quantized = {}
-    for i in ((1, 0) if l2_order else (0, 1)):
-        src, how, seed, amax, as_values = halves[i]
-        q = quantize_nvfp4(src, 1, how, seed=seed, tiles=tiles, amax_bits=amax, values=as_values,
-                           reversed_order=l2_order)
-        quantized[i] = (q[0], no_scale_bits(x.device), q[1]) if as_values else q
-    return (*quantized[0], *quantized[1])
+    out = []
+    for src, how, seed, amax, as_values in ((x, rounding, seeds[0], x_amax, values[0]),
+                                            (y, rounding_t, seeds[1], y_amax, values[1])):
+        q = quantize_nvfp4(src, 1, how, seed=seed, tiles=tiles, amax_bits=amax, values=as_values)
+        out.extend((q[0], no_scale_bits(x.device), q[1]) if as_values else q)
+    return tuple(out)
 
 
 def no_scale_bits(device) -> torch.Tensor:
