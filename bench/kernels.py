@@ -40,7 +40,7 @@ SWEEP = {
                    Tile(16, 256, 8), Tile(32, 128, 4)],
     "sr_values": [Tile(8, 128, 2), Tile(16, 128, 4), Tile(16, 256, 8), Tile(32, 128, 8), Tile(16, 64, 2),
                   Tile(16, 128, 8)],
-    "rht_transpose": [Tile(64, 128, 4), Tile(64, 64, 4), Tile(128, 64, 4), Tile(64, 64, 8), Tile(128, 128, 8),
+    "rht_transpose": [Tile(64, 64, 4), Tile(64, 128, 4), Tile(128, 64, 4), Tile(64, 64, 8), Tile(128, 128, 8),
                       Tile(32, 128, 4), Tile(64, 256, 8)],
 }
 

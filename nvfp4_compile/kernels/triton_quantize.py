@@ -392,7 +392,7 @@ class QuantizeTiles:
     two_d: Tile = Tile(16, 512, 4)
     rht: Tile = Tile(64, 64, 8)
     rht_sr: Tile = Tile(64, 64, 8)
-    rht_transpose: Tile = Tile(64, 128, 4)  # rows: tokens, k: features (``triton_rht_transpose``)
+    rht_transpose: Tile = Tile(64, 64, 4)  # rows: tokens, k: features (``triton_rht_transpose``)
     rne_values: Tile = Tile(16, 256, 4)  # the two rowwise kernels writing BF16 values (``values=True``)
     sr_values: Tile = Tile(8, 128, 2)
 

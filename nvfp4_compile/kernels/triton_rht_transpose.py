@@ -61,7 +61,7 @@ def _rht_transpose_kernel(x_ptr, y_ptr, amax_bits_ptr, T, F, stride_t, stride_f,
 _RHT_TRANSPOSE = fast_launch(_rht_transpose_kernel)
 
 
-def rht_transpose(x: torch.Tensor, block_t: int = 64, block_f: int = 128, num_warps: int = 4, x_amax: bool = False):
+def rht_transpose(x: torch.Tensor, block_t: int = 64, block_f: int = 64, num_warps: int = 4, x_amax: bool = False):
     """``x [T, F]`` BF16 (any strides, T a multiple of 16) -> (``RHT(x^T)`` as ``[F, T]`` BF16,
     contiguous; the finite amax of that as FP32 bits in an int32 0-dim tensor, and with
     ``x_amax`` a second one, the finite amax of ``x``)."""
