@@ -59,10 +59,11 @@ def main():
                 ("X^T RHT RNE, RHT in the kernel", dict(RHT=True, TWO_D=False, SR=False, TRANSPOSED=True), t.rht),
                 ("dY^T RHT SR, RHT in the kernel", dict(RHT=True, TWO_D=False, SR=True, TRANSPOSED=True), t.rht_sr)]
     quantize += [("1x16 RNE to BF16 values", dict(RHT=False, TWO_D=False, SR=False, TRANSPOSED=False, VALUES=True),
-                  t.rne),
-                 ("1x16 SR to BF16 values", dict(RHT=False, TWO_D=False, SR=True, TRANSPOSED=False, VALUES=True), t.sr),
-                 ("16x16 RNE, codes and BF16 values", dict(RHT=False, TWO_D=True, SR=False, TRANSPOSED=False, VALUES=True,
-                                                           CODES=True), t.two_d)]
+                  t.rne_values),
+                 ("1x16 SR to BF16 values", dict(RHT=False, TWO_D=False, SR=True, TRANSPOSED=False, VALUES=True),
+                  t.sr_values),
+                 ("16x16 RNE, codes and BF16 values",
+                  dict(RHT=False, TWO_D=True, SR=False, TRANSPOSED=False, VALUES=True, CODES=True), t.two_d)]
     rows = []
     for name, flags, (r, k, warps) in quantize:
         fixed = {"stride_r": 1} if flags["TRANSPOSED"] else {"stride_k": 1}

@@ -199,9 +199,9 @@ def supported(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype, bias: to
 def matmul(a: torch.Tensor, b: torch.Tensor, alpha_beta: torch.Tensor, bias: torch.Tensor | None,
            out: torch.Tensor, beta: torch.Tensor | None = None) -> torch.Tensor:
     """``out [M, N]`` (contiguous) = ``alpha * (a @ b.T) (+ bias)`` rounded once to ``out``'s dtype;
-    ``a [M, K]``, ``b [N, K]`` BF16 (``b`` row-major or ``transposed_view``), ``alpha_beta``: FP32 ``[alpha, 0.0]`` on the device, or with
-    ``beta`` (an FP32 zero on the device) the FP32 ``alpha`` alone. Raises ``CublasLtError`` when
-    cuBLASLt refuses the problem."""
+    ``a [M, K]``, ``b [N, K]`` BF16 (``b`` row-major or a ``transposed_view``), ``alpha_beta``:
+    FP32 ``[alpha, 0.0]`` on the device, or with ``beta`` (an FP32 zero on the device) the FP32
+    ``alpha`` alone. Raises ``CublasLtError`` when cuBLASLt refuses the problem."""
     m, k = a.shape
     n, out_dtype = b.shape[0], out.dtype
     ws = _workspace(a.device)  # first: raises inside a capture before anything is allocated
