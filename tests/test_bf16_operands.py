@@ -40,6 +40,34 @@ def test_training_step_is_bit_identical_with_and_without(monkeypatch, sr):
         assert torch.equal(g, grads_values[name]), name
 
 
+class SharedWeight(nn.Module):
+    """One weight in two fprops (its codes read by two GEMMs and two dgrads), then a biased layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 64, bias=False)
+        self.out = nn.Linear(64, 32)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.fc(torch.relu(self.fc(x)))))
+
+
+@pytest.mark.parametrize("sr", [False, True])
+def test_a_weight_used_twice_gives_the_same_bits(monkeypatch, sr):
+    torch.manual_seed(0)
+    model, x = SharedWeight(), torch.randn(48, 64, requires_grad=True)
+    options = {"recipe": {"stochastic_rounding": sr}, "bf16_last_blocks_fraction": 0.0}
+    results = []
+    for setting in ("0", "1"):
+        x.grad = None
+        loss, grads = run(model, x, monkeypatch, setting, options)
+        results.append((loss, grads, x.grad.clone()))
+    (loss_codes, grads_codes, dx_codes), (loss_values, grads_values, dx_values) = results
+    assert torch.equal(loss_codes, loss_values) and torch.equal(dx_codes, dx_values)
+    for name, g in grads_codes.items():
+        assert torch.equal(g, grads_values[name]), name
+
+
 def graphs_after(monkeypatch, model, x, bf16_operands: str):
     """The forward and backward graphs Inductor lowers (after partitioning)."""
     seen = []
