@@ -21,6 +21,7 @@ from bench.common import median_ms, report  # noqa: E402
 
 import nvfp4_compile as nc  # noqa: E402
 from nvfp4_compile import ops  # noqa: E402
+from nvfp4_compile.kernels import triton_quantize  # noqa: E402
 from nvfp4_compile.kernels.triton_quantize import QuantizeTiles, Tile, quantize_nvfp4  # noqa: E402
 from nvfp4_compile.kernels.triton_quantize_pair import PairTiles, quantize_pair_nvfp4  # noqa: E402
 from nvfp4_compile.kernels.triton_rht_transpose import quantize_pair_rht  # noqa: E402
@@ -67,6 +68,9 @@ def main(argv=None):
     parser.add_argument("--sweep", action="store_true", help="time every tile configuration in SWEEP")
     parser.add_argument("--sweep-pair", action="store_true", help="time every tile configuration in PAIR_SWEEP")
     parser.add_argument("--only", nargs="+", default=None, help="time only the kernels whose names contain one of these")
+    parser.add_argument("--programs-per-sm", type=int, nargs="+", default=None,
+                        help="also time the kernels with their own amax pass and the RHT pairs with each of these "
+                             "numbers of persistent programs per SM (amax, rht_transpose)")
     args = parser.parse_args(argv)
     n = args.size
     tokens = args.tokens or n
@@ -140,6 +144,20 @@ def main(argv=None):
             cases["torchao nvfp4_quantize (compiled)"] = lambda: compiled_ao(x)
         except Exception as err:  # torchao missing or its API moved
             print(f"torchao peer not run: {err}")
+    for per_sm in args.programs_per_sm or ():
+        def with_programs(fn, per_sm=per_sm):
+            def run():
+                default, triton_quantize.PROGRAMS_PER_SM = triton_quantize.PROGRAMS_PER_SM, per_sm
+                try:
+                    return fn()
+                finally:
+                    triton_quantize.PROGRAMS_PER_SM = default
+            return run
+        cases[f"triton 1x16 RNE, {per_sm} programs/SM"] = with_programs(lambda: quantize_nvfp4(x, 1, "rne"))
+        cases[f"triton X^T RHT 1x16 RNE (wgrad), {per_sm} programs/SM"] = with_programs(
+            lambda: quantize_nvfp4(x.t(), 1, "rne", rht=True))
+        cases[f"triton dY pair, values (True, True), {per_sm} programs/SM"] = with_programs(
+            lambda: quantize_pair_rht(x, "sr", "sr", values=(True, True)))
     rows = []
     for name, fn in cases.items():
         print(f"timing {name}", flush=True)

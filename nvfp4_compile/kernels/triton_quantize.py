@@ -364,12 +364,21 @@ _QUANTIZE = fast_launch(_quantize_kernel)
 RHT_TILE = 64  # K-extent (tokens) of the RHT tiles of the pair and dequantize kernels
 
 
-@functools.lru_cache(maxsize=None)
+#: Programs per SM of the persistent kernels (amax, ``rht_transpose``); ``bench/kernels.py
+#: --programs-per-sm`` times others.
+PROGRAMS_PER_SM = 4
+
+
 def _programs(device) -> int:
     """How many programs a persistent kernel launches: a few per SM."""
     if device.type != "cuda":
         return 4
-    return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    return PROGRAMS_PER_SM * _multiprocessors(device)
+
+
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 class Tile(NamedTuple):
