@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -48,13 +49,9 @@ SWEEP = {
 
 def fused_rht(fn):
     """``fn`` with the RHT inside the quantize kernel (``NVFP4_COMPILE_FUSED_RHT=1``)."""
-    def run(*args):
-        os.environ["NVFP4_COMPILE_FUSED_RHT"] = "1"
-        try:
-            return fn(*args)
-        finally:
-            del os.environ["NVFP4_COMPILE_FUSED_RHT"]
-    return run
+    return mock.patch.dict(os.environ, {"NVFP4_COMPILE_FUSED_RHT": "1"})(fn)
+
+
 # (quantize_k=32, 4 warps) made an illegal memory access on an H100 with Triton 3.6 (not understood;
 # the same tile with 8 warps runs and is tested): not in the sweep, and PairTiles refuses it.
 PAIR_SWEEP = [PairTiles(), PairTiles(128, 4, 64, 4), PairTiles(256, 8, 64, 16)]
@@ -145,14 +142,7 @@ def main(argv=None):
         except Exception as err:  # torchao missing or its API moved
             print(f"torchao peer not run: {err}")
     for per_sm in args.programs_per_sm or ():
-        def with_programs(fn, per_sm=per_sm):
-            def run():
-                default, triton_quantize.PROGRAMS_PER_SM = triton_quantize.PROGRAMS_PER_SM, per_sm
-                try:
-                    return fn()
-                finally:
-                    triton_quantize.PROGRAMS_PER_SM = default
-            return run
+        with_programs = mock.patch.object(triton_quantize, "PROGRAMS_PER_SM", per_sm)
         cases[f"triton 1x16 RNE, {per_sm} programs/SM"] = with_programs(lambda: quantize_nvfp4(x, 1, "rne"))
         cases[f"triton X^T RHT 1x16 RNE (wgrad), {per_sm} programs/SM"] = with_programs(
             lambda: quantize_nvfp4(x.t(), 1, "rne", rht=True))

@@ -17,6 +17,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 import torch.nn as nn
@@ -96,20 +97,12 @@ def run(name: str, config: dict, steps: int, device: str, profile_steps: bool = 
         raise SystemExit(f"unknown variant(s) {sorted(variants - known)} in {name!r}")
     launch.ENABLED = "plain-host" not in variants
     ops.set_autograd_fallthrough("plain-host" not in variants)
-    previous = {env: os.environ.get(env) for env, _ in VARIANT_ENV.values()}
-    for variant in variants & set(VARIANT_ENV):
-        env, value = VARIANT_ENV[variant]
-        os.environ[env] = value
     try:
-        return _run(name, spec, config, steps, device, profile_steps)
+        with mock.patch.dict(os.environ, dict(VARIANT_ENV[v] for v in variants & set(VARIANT_ENV))):
+            return _run(name, spec, config, steps, device, profile_steps)
     finally:
         launch.ENABLED = True
         ops.set_autograd_fallthrough(True)
-        for env, value in previous.items():
-            if value is None:
-                os.environ.pop(env, None)
-            else:
-                os.environ[env] = value
 
 
 def _run(name: str, spec: str, config: dict, steps: int, device: str, profile_steps: bool) -> dict:

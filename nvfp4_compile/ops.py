@@ -1,7 +1,7 @@
 """The custom operators the graph pass inserts: ``nvfp4::quantize`` (with the 16-point RHT
 fused when asked) and ``nvfp4::quantize_pair``, ``nvfp4::transpose_2d`` and ``nvfp4::gemm``;
-their BF16-operand forms for the Hopper emulation (``quantize_values``, ``quantize_pair_values``,
-``dequantize``, ``gemm_values``); and ``nvfp4::rht``, the transform alone.
+their BF16-operand forms for the Hopper emulation (``quantize_values``, ``quantize_with_values``,
+``quantize_pair_values``, ``dequantize``, ``gemm_values``); and ``nvfp4::rht``, the transform alone.
 
 They are ``torch.library`` custom ops, so Inductor calls them as extern kernels and
 AOTAutograd's partitioner can save their outputs (FP4 codes and scales) for the
@@ -330,8 +330,8 @@ def _fast_path_available(device: torch.device) -> bool:
 def _quantize_cuda(x, format, block_rows, rounding, check, rht, values: bool, codes: bool):
     """``quantize`` (codes), ``quantize_values`` (BF16 values) or ``quantize_with_values`` (both) on CUDA."""
     if format != "nvfp4" or not _fast_path_available(x.device):
-        reference = ((reference_quantize_with_values if codes else reference_quantize_values) if values
-                     else reference_quantize)
+        reference = {(False, True): reference_quantize, (True, False): reference_quantize_values,
+                     (True, True): reference_quantize_with_values}[values, codes]
         return reference(x, format, block_rows, rounding, check, rht)
     from .kernels.triton_quantize import quantize_nvfp4
 

@@ -97,41 +97,34 @@ class _Rewriter:
                     takers.setdefault(src[0], set()).add(gemm)
                 operands.append((codes, scale_bits, scale, src))
             plans.append((gemm, operands))
-        for q, gemms_taking in takers.items():
-            readers = {user for item in q.users if item.target is not operator.getitem or item.args[1] in (0, 1)
-                       for user in ((item,) if item.target is not operator.getitem else item.users)}
-            if readers - gemms_taking:
+        for q, gemms_taking in takers.items():  # users of a multi-output node are its getitems
+            if any(set(item.users) - gemms_taking for item in q.users if item.args[1] in (0, 1)):
                 self.keep_codes.add(q)
         return plans
+
+    def move_readers(self, q: Node, items: dict[int, Node]) -> None:
+        """Readers of ``q``'s outputs named in ``items`` (old index -> new getitem) move to the new node."""
+        for old in list(q.users):
+            if old.args[1] in items:
+                old.replace_all_uses_with(items[old.args[1]])
+                self.moved[old] = items[old.args[1]]
 
     def quantizer_values(self, q: Node, half: int) -> tuple[Node, Node]:
         if (q, half) not in self.values_of:
             with self.graph.inserting_before(q):
-                if q.target is QUANTIZE and q in self.keep_codes:
-                    vq = self.emit(q, torch.ops.nvfp4.quantize_with_values.default, q.args)
-                    items = [self.emit(q, operator.getitem, (vq, i)) for i in range(4)]
-                    for old in list(q.users):  # the codes' other readers move to the new node
-                        if old.target is operator.getitem:
-                            old.replace_all_uses_with(items[old.args[1]])
-                            self.moved[old] = items[old.args[1]]
-                    self.values_of[(q, 0)] = (items[3], items[2])
-                elif q.target is QUANTIZE:
-                    vq = self.emit(q, torch.ops.nvfp4.quantize_values.default, q.args)
-                    self.values_of[(q, 0)] = (self.emit(q, operator.getitem, (vq, 0)),
-                                              self.emit(q, operator.getitem, (vq, 1)))
-                    for old in list(q.users):  # another reader of the scale moves to the new node
-                        if old.target is operator.getitem and old.args[1] == 2:
-                            old.replace_all_uses_with(self.values_of[(q, 0)][1])
-                            self.moved[old] = self.values_of[(q, 0)][1]
+                if q.target is QUANTIZE:
+                    keep = q in self.keep_codes  # the codes stay for other readers: both from one pass
+                    op = torch.ops.nvfp4.quantize_with_values if keep else torch.ops.nvfp4.quantize_values
+                    vq = self.emit(q, op.default, q.args)
+                    items = [self.emit(q, operator.getitem, (vq, i)) for i in range(4 if keep else 2)]
+                    self.move_readers(q, {0: items[0], 1: items[1], 2: items[2]} if keep else {2: items[1]})
+                    self.values_of[(q, 0)] = (items[3], items[2]) if keep else (items[0], items[1])
                 else:
                     halves = self.pair_halves[q]
                     vq = self.emit(q, torch.ops.nvfp4.quantize_pair_values.default,
                                    (*q.args, 0 in halves, 1 in halves))
                     items = [self.emit(q, operator.getitem, (vq, i)) for i in range(6)]
-                    for old in list(q.users):  # the code halves' readers move to the new node
-                        if old.target is operator.getitem and old.args[1] // 3 not in halves:
-                            old.replace_all_uses_with(items[old.args[1]])
-                            self.moved[old] = items[old.args[1]]
+                    self.move_readers(q, {i: items[i] for i in range(6) if i // 3 not in halves})
                     for h in halves:
                         self.values_of[(q, h)] = (items[3 * h], items[3 * h + 2])
         return self.values_of[(q, half)]
