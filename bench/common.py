@@ -20,6 +20,13 @@ def median_ms(fn, warmup=5, reps=20) -> float:
     return do_bench(fn, warmup=warmup * 10, rep=reps * 10, return_mode="median")
 
 
+def graph_median_ms(fn, reps=20) -> float:
+    """Median time of ``fn()`` in ms, replayed from a CUDA graph (no host time in it)."""
+    from triton.testing import do_bench_cudagraph
+
+    return do_bench_cudagraph(fn, rep=reps * 10, return_mode="median")
+
+
 def lm_training_step(compiled, optimizer, tokens: torch.Tensor, after=None):
     """A closure running one next-token step on ``tokens [batch, seq + 1]``: forward, FP32
     cross-entropy, backward, optimizer step (then ``after()``, if given); it returns the loss."""

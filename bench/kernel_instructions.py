@@ -77,8 +77,25 @@ def main():
     ops = sass_ops(triton_rht_transpose._rht_transpose_kernel,
                    {"x_ptr": "*bf16", "y_ptr": "*bf16", "amax_bits_ptr": "*i32", "T": "i32", "F": "i32",
                     "stride_t": "i32", "stride_f": "i32", "y_stride": "i32", "tiles_f": "i32", "n_tiles": "i32"},
-                   {"stride_f": 1, "X_AMAX": True, "BLOCK_T": r, "BLOCK_F": k, "EVEN": True}, warps)
+                   {"stride_f": 1, "X_AMAX": True, "BLOCK_T": r, "BLOCK_F": k, "EVEN": True, "STORE_Y": True}, warps)
     rows.append(("rht_transpose (one tile of its loop)", ops, r * k / (32 * warps)))
+    ops = sass_ops(triton_rht_transpose._rht_transpose_kernel,
+                   {"x_ptr": "*bf16", "y_ptr": "*bf16", "amax_bits_ptr": "*i32", "T": "i32", "F": "i32",
+                    "stride_t": "i32", "stride_f": "i32", "y_stride": "i32", "tiles_f": "i32", "n_tiles": "i32"},
+                   {"stride_f": 1, "X_AMAX": True, "BLOCK_T": r, "BLOCK_F": k, "EVEN": True, "STORE_Y": False}, warps)
+    rows.append(("RHT pair, pass 1: both amaxes (one tile of its loop)", ops, r * k / (32 * warps)))
+    pair_args = {"x_ptr": "*bf16", "codes_ptr": "*u8", "scales_ptr": "*u8", "values_ptr": "*bf16",
+                 "codes_t_ptr": "*u8", "scales_t_ptr": "*u8", "values_t_ptr": "*bf16", "amax_bits_ptr": "*i32",
+                 "s_dec_ptr": "*fp32", "s_dec_t_ptr": "*fp32", "seed_ptr": "*i32", "T": "i32", "F": "i32",
+                 "stride_t": "i32", "stride_f": "i32", "codes_stride": "i32", "scales_stride": "i32",
+                 "values_stride": "i32", "codes_t_stride": "i32", "scales_t_stride": "i32", "values_t_stride": "i32"}
+    r, k, warps = t.rht_pair
+    for name, sr, as_values in (("X: values, RHT(X^T) codes", False, (True, False)),
+                                ("dY, SR: values both ways", True, (True, True))):
+        ops = sass_ops(triton_rht_transpose._rht_pair_kernel, pair_args,
+                       {"stride_f": 1, "SR": sr, "SR_T": sr, "VALUES": as_values[0], "VALUES_T": as_values[1],
+                        "BLOCK_T": r, "BLOCK_F": k, "EVEN": True}, warps)
+        rows.append((f"RHT pair, pass 2, {name} (per element of x)", ops, r * k / (32 * warps)))
     r, k, warps = t.amax
     ops = sass_ops(triton_quantize._amax_kernel,
                    {"x_ptr": "*bf16", "amax_bits_ptr": "*i32", "R": "i32", "K": "i32", "stride_r": "i32",

@@ -18,11 +18,11 @@ from unittest import mock
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import median_ms, report  # noqa: E402
+from bench.common import graph_median_ms, median_ms, report  # noqa: E402
 
 import nvfp4_compile as nc  # noqa: E402
 from nvfp4_compile import ops  # noqa: E402
-from nvfp4_compile.kernels import triton_quantize  # noqa: E402
+from nvfp4_compile.kernels import triton_quantize, triton_rht_transpose  # noqa: E402
 from nvfp4_compile.kernels.triton_quantize import QuantizeTiles, Tile, quantize_nvfp4  # noqa: E402
 from nvfp4_compile.kernels.triton_quantize_pair import PairTiles, quantize_pair_nvfp4  # noqa: E402
 from nvfp4_compile.kernels.triton_rht_transpose import quantize_pair_rht  # noqa: E402
@@ -42,6 +42,8 @@ SWEEP = {
                    Tile(16, 256, 8), Tile(32, 128, 4)],
     "sr_values": [Tile(8, 128, 2), Tile(16, 128, 4), Tile(16, 256, 8), Tile(32, 128, 8), Tile(16, 64, 2),
                   Tile(16, 128, 8)],
+    "rht_pair": [Tile(64, 64, 4), Tile(64, 128, 4), Tile(64, 32, 2), Tile(64, 64, 8), Tile(128, 64, 8),
+                 Tile(32, 128, 4), Tile(128, 64, 4)],
     "rht_transpose": [Tile(64, 64, 4), Tile(64, 128, 4), Tile(128, 64, 4), Tile(64, 64, 8), Tile(128, 128, 8),
                       Tile(32, 128, 4), Tile(64, 256, 8)],
 }
@@ -65,6 +67,8 @@ def main(argv=None):
     parser.add_argument("--sweep", action="store_true", help="time every tile configuration in SWEEP")
     parser.add_argument("--sweep-pair", action="store_true", help="time every tile configuration in PAIR_SWEEP")
     parser.add_argument("--only", nargs="+", default=None, help="time only the kernels whose names contain one of these")
+    parser.add_argument("--graphs", action="store_true",
+                        help="time each case as a replayed CUDA graph (no host time in the rows: small shapes)")
     parser.add_argument("--programs-per-sm", type=int, nargs="+", default=None,
                         help="also time the kernels with their own amax pass and the RHT pairs with each of these "
                              "numbers of persistent programs per SM (amax, rht_transpose)")
@@ -72,7 +76,8 @@ def main(argv=None):
     n = args.size
     tokens = args.tokens or n
     x = torch.randn(tokens, n, device="cuda", dtype=torch.bfloat16)
-    clone = median_ms(lambda: x.clone())
+    timer = graph_median_ms if args.graphs else median_ms
+    clone = timer(lambda: x.clone())
     gbytes = 2 * x.numel() * 2 / 1e9
     cases = {"x.clone() (read+write)": lambda: x.clone()}
     amax = x.float().abs().max().view(torch.int32)  # FP32 bits, as the amax passes leave them
@@ -104,9 +109,23 @@ def main(argv=None):
             variants += [(f" {f}={tuple(tile)}", QuantizeTiles(**{f: tile})) for f in fields for tile in SWEEP[f][1:]]
         for suffix, tiles in variants:
             cases[f"triton {name}{suffix}"] = (lambda f, t: lambda: f(t))(fn, tiles)
-    if not args.only:  # the pair, transpose and peer rows
-        # Both quantizations of X (fprop rowwise RNE, wgrad X^T with the RHT) and of dY (both SR):
-        # one single-pass kernel against the two quantize kernels it replaces.
+    # Both quantizations of X (fprop rowwise RNE, wgrad X^T with the RHT) and of dY (both SR), as
+    # the training step runs them: BF16 values for the operands used in the same pass (X rowwise;
+    # dY both ways), codes for RHT(X^T), which the forward saves.
+    pairs = {"X pair (X values, RHT(X^T) codes)": ("rne", "rne", (True, False)),
+             "dY pair (SR, values both ways)": ("sr", "sr", (True, True))}
+    for name, (r, rt, values) in pairs.items():
+        if args.only and not any(o in name for o in args.only):
+            continue
+        for passes in (3, 2):
+            tiles = [("", QuantizeTiles())]
+            if args.sweep and passes == 2:
+                tiles += [(f" rht_pair={tuple(t)}", QuantizeTiles(rht_pair=t)) for t in SWEEP["rht_pair"][1:]]
+            for suffix, t in tiles:
+                cases[f"triton {name}, {passes} passes{suffix}"] = mock.patch.object(
+                    triton_rht_transpose, "PAIR_PASSES", passes)(
+                    (lambda r, rt, v, t: lambda: quantize_pair_rht(x, r, rt, tiles=t, values=v))(r, rt, values, t))
+    if not args.only:  # the older pair forms, transpose and peer rows
         pairs = {"X pair: 1x16 RNE + X^T RHT RNE": ("rne", "rne"), "dY pair: 1x16 SR + dY^T RHT SR": ("sr", "sr")}
         for name, (r, rt) in pairs.items():
             for tiles in PAIR_SWEEP if args.sweep_pair else [PairTiles()]:
@@ -115,13 +134,7 @@ def main(argv=None):
                 cases[label] = (lambda r, rt, t: lambda: quantize_pair_nvfp4(x, r, rt, True, tiles=t))(r, rt, tiles)
             cases[f"triton {name}, two quantize calls"] = (lambda r, rt: lambda: (quantize_nvfp4(x, 1, r),
                                                                                 quantize_nvfp4(x.t(), 1, rt, rht=True)))(r, rt)
-            cases[f"triton {name}, rht_transpose + 2 rowwise (default)"] = (
-                lambda r, rt: lambda: quantize_pair_rht(x, r, rt))(r, rt)
-            # As the training step runs them: BF16 values for the operands used in the same pass
-            # (X rowwise; dY both ways).
-            values = (True, r == "sr")
-            cases[f"triton {name}, values {values}"] = (
-                lambda r, rt, v: lambda: quantize_pair_rht(x, r, rt, values=v))(r, rt, values)
+            cases[f"triton {name}, all codes"] = (lambda r, rt: lambda: quantize_pair_rht(x, r, rt))(r, rt)
         from nvfp4_compile.kernels.triton_transpose import transpose_2d_nvfp4
 
         w_codes, w_scales, _ = quantize_nvfp4(x, 16, "rne")
@@ -146,15 +159,15 @@ def main(argv=None):
         cases[f"triton 1x16 RNE, {per_sm} programs/SM"] = with_programs(lambda: quantize_nvfp4(x, 1, "rne"))
         cases[f"triton X^T RHT 1x16 RNE (wgrad), {per_sm} programs/SM"] = with_programs(
             lambda: quantize_nvfp4(x.t(), 1, "rne", rht=True))
-        cases[f"triton dY pair, values (True, True), {per_sm} programs/SM"] = with_programs(
+        cases[f"triton dY pair (SR, values both ways), {per_sm} programs/SM"] = with_programs(
             lambda: quantize_pair_rht(x, "sr", "sr", values=(True, True)))
     rows = []
     for name, fn in cases.items():
         print(f"timing {name}", flush=True)
-        ms = clone if name.startswith("x.clone") else median_ms(fn)
+        ms = clone if name.startswith("x.clone") else timer(fn)
         rows.append([name, ms, ms / clone, gbytes / (ms / 1e3) if name.startswith("x.clone") else float("nan")])
-    report(f"Quantize {n}x{n} BF16, ms (median) and ratio to clone", ["kernel", "ms", "x clone", "clone GB/s"],
-           rows, "kernels", {"size": n})
+    report(f"Quantize {tokens}x{n} BF16, ms (median{', CUDA graphs' if args.graphs else ''}) and ratio to clone",
+           ["kernel", "ms", "x clone", "clone GB/s"], rows, "kernels", {"size": n, "tokens": tokens, "graphs": args.graphs})
 
 
 if __name__ == "__main__":

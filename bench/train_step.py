@@ -13,6 +13,8 @@ Targets (issue 5): tokens/s at least 0.87x of Inductor, peak memory at most 0.80
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import os
 import sys
 import time
@@ -80,25 +82,33 @@ def profile(name: str, step, rows: int = 30) -> None:
 
 
 VARIANT_ENV = {"codes": ("NVFP4_COMPILE_BF16_OPERANDS", "0")}
+#: Variants that set a module attribute: (module, attribute, value).
+VARIANT_ATTR = {"three-pass": ("nvfp4_compile.kernels.triton_rht_transpose", "PAIR_PASSES", 3)}
 
 
 def run(name: str, config: dict, steps: int, device: str, profile_steps: bool = False) -> dict:
     """One run: ``backend[:mode][@variant,...]``. Variants turn off one improvement to measure it:
     ``plain-host`` the host-time savings of the NVFP4 ops (cached Triton launches, the autograd
     fallthrough), ``codes`` the BF16 operands written by the quantizers (every GEMM operand
-    dequantized from FP4 codes, ``NVFP4_COMPILE_BF16_OPERANDS=0``)."""
+    dequantized from FP4 codes, ``NVFP4_COMPILE_BF16_OPERANDS=0``), ``three-pass`` the RHT pairs
+    as ``rht_transpose`` writing ``RHT(x^T)`` then two rowwise passes (``PAIR_PASSES = 3``)."""
+
     from nvfp4_compile import ops
     from nvfp4_compile.kernels import launch
 
     spec, _, variants = name.partition("@")
     variants = set(filter(None, variants.split(",")))
-    known = {"plain-host", *VARIANT_ENV}
+    known = {"plain-host", *VARIANT_ENV, *VARIANT_ATTR}
     if variants - known:
         raise SystemExit(f"unknown variant(s) {sorted(variants - known)} in {name!r}")
     launch.ENABLED = "plain-host" not in variants
     ops.set_autograd_fallthrough("plain-host" not in variants)
     try:
-        with mock.patch.dict(os.environ, dict(VARIANT_ENV[v] for v in variants & set(VARIANT_ENV))):
+        with contextlib.ExitStack() as patches:
+            patches.enter_context(mock.patch.dict(os.environ, dict(VARIANT_ENV[v] for v in variants & set(VARIANT_ENV))))
+            for v in variants & set(VARIANT_ATTR):
+                module, attr, value = VARIANT_ATTR[v]
+                patches.enter_context(mock.patch.object(importlib.import_module(module), attr, value))
             return _run(name, spec, config, steps, device, profile_steps)
     finally:
         launch.ENABLED = True

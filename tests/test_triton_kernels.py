@@ -158,6 +158,22 @@ want = ops.reference_quantize_pair_values(x, "nvfp4", "rne", "rne", True, "", Tr
 got = quantize_pair_rht(x, "rne", "rne", values=(True, False))
 if not all(torch.equal(g, w) for g, w in zip(got, want)):
     bad.append(("quantize_pair_rht values",))
+# The pair in two passes (default) and in three (rht_transpose + two rowwise passes): the same bits,
+# SR included, on partial tiles both ways.
+from nvfp4_compile.kernels import triton_rht_transpose
+x = (torch.randn(80, 48) * torch.logspace(-4, 4, 48)).bfloat16()
+x[3, 5], x[66, 7] = float("nan"), float("inf")
+for r, rt, v in [("sr", "sr", (True, True)), ("sr", "rne", (False, True)), ("rne", "sr", (True, False))]:
+    results = []
+    for passes in (2, 3):
+        triton_rht_transpose.PAIR_PASSES = passes
+        torch.manual_seed(3)
+        results.append(quantize_pair_rht(x, r, rt, values=v))
+    triton_rht_transpose.PAIR_PASSES = 2
+    for g, w in zip(*results):
+        if not (g.shape == w.shape and torch.equal(g.isnan() if g.is_floating_point() else g, w.isnan() if w.is_floating_point() else w)
+                and torch.equal(g.nan_to_num() if g.is_floating_point() else g, w.nan_to_num() if w.is_floating_point() else w)):
+            bad.append(("quantize_pair_rht two passes", r, rt, v))
 from nvfp4_compile import distributed as ncd
 from nvfp4_compile.kernels.triton_dequant import exact_dequantize_2d
 for case in ("plain", "inf", "zero"):
@@ -213,6 +229,11 @@ def test_quantize_kernels_compile_to_few_instructions_without_conversions():
 
 
 gpu = pytest.mark.gpu
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """``t``'s bits as integers of its width (NaNs compare equal when their bits do)."""
+    return t.view({1: torch.uint8, 2: torch.int16, 4: torch.int32}[t.element_size()])
 
 
 @gpu
@@ -360,6 +381,34 @@ def test_quantize_pair_on_cuda_equals_the_reference(single_pass, shape, dtype, r
     want = ops.reference_quantize_pair(x, "nvfp4", "rne", "rne", rht_t, "")
     for g, w in zip(got, want):
         assert g.shape == w.shape and torch.equal(g.cpu(), w)
+
+
+@gpu
+@pytest.mark.parametrize("shape", [(512, 384), (320, 208), (64, 16)])  # the second leaves partial tiles both ways
+@pytest.mark.parametrize("rounding, rounding_t, values", [("rne", "rne", (False, False)), ("rne", "rne", (True, False)),
+                                                          ("sr", "sr", (True, True)), ("sr", "rne", (False, True))])
+def test_rht_pair_two_passes_give_the_three_pass_bits(shape, rounding, rounding_t, values, monkeypatch):
+    """``quantize_pair_rht`` in two passes (the amaxes, then both quantizations of each tile from one
+    read) against the three-pass form (``rht_transpose`` writing RHT(x^T), then two rowwise passes):
+    the same bits, SR included (the same seeds, the same draw for each output element), for a
+    row-major x and a column-major view of it; RNE also against the reference."""
+    from nvfp4_compile import ops
+    from nvfp4_compile.kernels import triton_rht_transpose
+
+    x = (torch.randn(*shape) * torch.logspace(-4, 4, shape[1])).bfloat16()
+    x[3, 5], x[40, 7] = float("nan"), float("-inf")
+    for layout in (x.cuda(), x.cuda().t().contiguous().t()):
+        results = {}
+        for passes in (2, 3):
+            monkeypatch.setattr(triton_rht_transpose, "PAIR_PASSES", passes)
+            torch.manual_seed(7)
+            results[passes] = triton_rht_transpose.quantize_pair_rht(layout, rounding, rounding_t, values=values)
+        for got, want in zip(results[2], results[3]):
+            assert got.shape == want.shape and got.dtype == want.dtype and torch.equal(bits(got), bits(want))
+    if rounding == rounding_t == "rne" and not any(values):
+        want = ops.reference_quantize_pair(x, "nvfp4", "rne", "rne", True, "")
+        for g, w in zip(results[2], want):
+            assert torch.equal(g.cpu(), w)
 
 
 @gpu
