@@ -69,6 +69,9 @@ def main(argv=None):
     parser.add_argument("--only", nargs="+", default=None, help="time only the kernels whose names contain one of these")
     parser.add_argument("--graphs", action="store_true",
                         help="time each case as a replayed CUDA graph (no host time in the rows: small shapes)")
+    parser.add_argument("--stages", type=int, nargs="+", default=None,
+                        help="also time the kernels with an amax or rht_transpose pass with each of these numbers "
+                             "of software-pipeline stages in those passes' loops")
     parser.add_argument("--programs-per-sm", type=int, nargs="+", default=None,
                         help="also time the kernels with their own amax pass and the RHT pairs with each of these "
                              "numbers of persistent programs per SM (amax, rht_transpose)")
@@ -160,6 +163,15 @@ def main(argv=None):
         cases[f"triton X^T RHT 1x16 RNE (wgrad), {per_sm} programs/SM"] = with_programs(
             lambda: quantize_nvfp4(x.t(), 1, "rne", rht=True))
         cases[f"triton dY pair (SR, values both ways), {per_sm} programs/SM"] = with_programs(
+            lambda: quantize_pair_rht(x, "sr", "sr", values=(True, True)))
+    for stages in args.stages or ():
+        with_stages = mock.patch.object(triton_quantize, "PERSISTENT_STAGES", stages)
+        cases[f"triton 1x16 RNE, {stages} stages"] = with_stages(lambda: quantize_nvfp4(x, 1, "rne"))
+        cases[f"triton X^T RHT 1x16 RNE (wgrad), {stages} stages"] = with_stages(
+            lambda: quantize_nvfp4(x.t(), 1, "rne", rht=True))
+        cases[f"triton X pair (X values, RHT(X^T) codes), {stages} stages"] = with_stages(
+            lambda: quantize_pair_rht(x, "rne", "rne", values=(True, False)))
+        cases[f"triton dY pair (SR, values both ways), {stages} stages"] = with_stages(
             lambda: quantize_pair_rht(x, "sr", "sr", values=(True, True)))
     rows = []
     for name, fn in cases.items():

@@ -83,15 +83,15 @@ def profile(name: str, step, rows: int = 30) -> None:
 
 VARIANT_ENV = {"codes": ("NVFP4_COMPILE_BF16_OPERANDS", "0")}
 #: Variants that set a module attribute: (module, attribute, value).
-VARIANT_ATTR = {"three-pass": ("nvfp4_compile.kernels.triton_rht_transpose", "PAIR_PASSES", 3)}
+VARIANT_ATTR = {"two-pass": ("nvfp4_compile.kernels.triton_rht_transpose", "PAIR_PASSES", 2)}
 
 
 def run(name: str, config: dict, steps: int, device: str, profile_steps: bool = False) -> dict:
     """One run: ``backend[:mode][@variant,...]``. Variants turn off one improvement to measure it:
     ``plain-host`` the host-time savings of the NVFP4 ops (cached Triton launches, the autograd
     fallthrough), ``codes`` the BF16 operands written by the quantizers (every GEMM operand
-    dequantized from FP4 codes, ``NVFP4_COMPILE_BF16_OPERANDS=0``), ``three-pass`` the RHT pairs
-    as ``rht_transpose`` writing ``RHT(x^T)`` then two rowwise passes (``PAIR_PASSES = 3``)."""
+    dequantized from FP4 codes, ``NVFP4_COMPILE_BF16_OPERANDS=0``), ``two-pass`` the RHT pairs
+    in two passes, the amaxes then both quantizations from one read (``PAIR_PASSES = 2``)."""
 
     from nvfp4_compile import ops
     from nvfp4_compile.kernels import launch

@@ -502,6 +502,35 @@ def _mlp_grads(cuda_graphs, steps, sr=False):
 
 
 @gpu
+def test_cuda_graphs_as_the_first_nvfp4_work_of_a_process():
+    """The GEMM's kept tensors (the cuBLASLt workspace, the device zero), first made while a CUDA-graph
+    tree warms up, stay out of the graph's memory pool: a fresh process whose first NVFP4 GEMM runs
+    under Inductor's CUDA graphs records and replays (it raised "tensor(s) in the cudagraph pool not
+    tracked as outputs" when they were allocated on the warming thread)."""
+    code = f"""
+import sys, torch
+sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]
+from models import MLP
+from torch._dynamo.utils import counters
+from nvfp4_compile.kernels import cublaslt
+torch.manual_seed(0)
+model = MLP().cuda().to(torch.bfloat16)
+compiled = torch.compile(model, backend="nvfp4", options={{"bf16_last_blocks_fraction": 0.0, "cuda_graphs": True}})
+x = torch.randn(64, 64, device="cuda", dtype=torch.bfloat16)
+for _ in range(4):
+    torch.compiler.cudagraph_mark_step_begin()
+    compiled(x).float().square().mean().backward()
+    model.zero_grad(set_to_none=True)
+torch.cuda.synchronize()
+assert not counters["inductor"]["cudagraph_skips"], dict(counters["inductor"])
+assert cublaslt._workspaces and cublaslt._zeros  # the GEMMs ran through cuBLASLt
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+
+
+@gpu
 def test_cuda_graphs_capture_the_nvfp4_ops_and_change_no_bit():
     """The ``cuda_graphs`` option: Inductor's CUDA graphs record the forward and backward with
     every nvfp4:: kernel in them (no graph skipped), and replays give the eager-launch results."""

@@ -17,6 +17,7 @@ CUDA graphs. Anything unsupported returns ``None`` and the caller keeps the FP32
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import functools
 import logging
@@ -152,18 +153,38 @@ def _plan(m: int, n: int, k: int, out_dtype: torch.dtype, bias_dtype: torch.dtyp
         return _Plan(m, n, k, out_dtype, bias_dtype, device, b_transposed)
 
 
+def _kept(make, what: str) -> torch.Tensor:
+    """``make()`` run on a thread of its own and finished before returning: a tensor kept across
+    calls. CUDA-graph trees route every allocation of the thread that warms up or records a graph
+    into that graph's private pool (``_cuda_beginAllocateCurrentThreadToPool``), and a kept tensor
+    from there is a live allocation the pool does not track: Inductor refuses to record (and the
+    pool's memory would be handed out again under it). Another thread's allocations are not
+    routed. Inside a capture nothing may be allocated outside the graph: the caller falls back."""
+    if torch.cuda.is_current_stream_capturing():
+        raise CublasLtError(f"no {what} yet, and none is made inside a CUDA-graph capture")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(make).result()
+
+
+def _on_device(device: torch.device, make):
+    def run():
+        with torch.cuda.device(device):
+            t = make()
+            torch.cuda.current_stream().synchronize()  # filled before any other stream reads it
+            return t
+    return run
+
+
 _workspaces: dict[int, torch.Tensor] = {}
 
 
 def _workspace(device: torch.device) -> torch.Tensor:
-    """Allocated on the first call outside a CUDA-graph capture, and kept: one taken from a graph's
-    private pool must not outlive it (a first call inside a capture raises, and the caller keeps
-    the FP32 path for that call; compiled CUDA graphs run every step eagerly before recording)."""
+    """Allocated on the first call outside a CUDA-graph capture (``_kept``), and kept."""
     ws = _workspaces.get(device.index)
     if ws is None:
-        if torch.cuda.is_current_stream_capturing():
-            raise CublasLtError("no cuBLASLt workspace yet, and none is allocated inside a CUDA-graph capture")
-        ws = _workspaces[device.index] = torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=device)
+        ws = _workspaces[device.index] = _kept(
+            _on_device(device, lambda: torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=device)),
+            "cuBLASLt workspace")
     return ws
 
 
@@ -171,14 +192,12 @@ _zeros: dict[int, torch.Tensor] = {}
 
 
 def device_zero(device: torch.device) -> torch.Tensor:
-    """An FP32 zero kept on ``device`` (the GEMM's beta), made outside any CUDA-graph capture on
-    first use (``emulated_gemm_values`` asks before its first capture: compiled CUDA graphs run
-    every step eagerly before recording)."""
+    """An FP32 zero kept on ``device`` (the GEMM's beta), made on first use outside any CUDA-graph
+    capture and outside any graph's memory pool (``_kept``)."""
     zero = _zeros.get(device.index)
     if zero is None:
-        if torch.cuda.is_current_stream_capturing():
-            raise CublasLtError("no device zero yet, and none is made inside a CUDA-graph capture")
-        zero = _zeros[device.index] = torch.zeros((), dtype=torch.float32, device=device)
+        zero = _zeros[device.index] = _kept(
+            _on_device(device, lambda: torch.zeros((), dtype=torch.float32, device=device)), "device zero")
     return zero
 
 
