@@ -70,6 +70,7 @@ def main():
         values = flags.setdefault("VALUES", False)
         flags.setdefault("CODES", not values)
         flags.setdefault("EVEN", True)  # 8192 x 8192: every tile inside the tensor
+        flags.setdefault("HW_FP8", True)  # sm_90
         ops = sass_ops(triton_quantize._quantize_kernel, QUANTIZE_ARGS,
                        {**flags, **fixed, "BLOCK_R": r, "BLOCK_K": k}, warps)
         rows.append((f"quantize {name}", ops, r * k / (32 * warps)))
@@ -94,7 +95,7 @@ def main():
                                 ("dY, SR: values both ways", True, (True, True))):
         ops = sass_ops(triton_rht_transpose._rht_pair_kernel, pair_args,
                        {"stride_f": 1, "SR": sr, "SR_T": sr, "VALUES": as_values[0], "VALUES_T": as_values[1],
-                        "BLOCK_T": r, "BLOCK_F": k, "EVEN": True}, warps)
+                        "BLOCK_T": r, "BLOCK_F": k, "EVEN": True, "HW_FP8": True}, warps)
         rows.append((f"RHT pair, pass 2, {name} (per element of x)", ops, r * k / (32 * warps)))
     r, k, warps = t.amax
     ops = sass_ops(triton_quantize._amax_kernel,
@@ -105,7 +106,7 @@ def main():
     ops = sass_ops(triton_dequant._dequant_kernel,
                    {"codes_ptr": "*u8", "scales_ptr": "*u8", "out_ptr": "*bf16", "R": "i32", "K": "i32",
                     "a_scale_ptr": "*fp32", "b_scale_ptr": "*fp32", "alpha_beta_ptr": "*fp32"},
-                   {"ALPHA": False, "BLOCK_R": 32, "BLOCK_K": 256}, 8)
+                   {"ALPHA": False, "BLOCK_R": 32, "BLOCK_K": 256, "HW_FP8": True}, 8)
     rows.append(("dequantize_to_bf16", ops, 32 * 256 / (32 * 8)))
     table = []
     for name, ops, per_thread in rows:

@@ -42,16 +42,28 @@ SWEEP = {
                    Tile(16, 256, 8), Tile(32, 128, 4)],
     "sr_values": [Tile(8, 128, 2), Tile(16, 128, 4), Tile(16, 256, 8), Tile(32, 128, 8), Tile(16, 64, 2),
                   Tile(16, 128, 8)],
-    "rht_pair": [Tile(64, 64, 4), Tile(64, 128, 4), Tile(64, 32, 2), Tile(64, 64, 8), Tile(128, 64, 8),
-                 Tile(32, 128, 4), Tile(128, 64, 4)],
+    "rht_pair": [Tile(64, 64, 4), Tile(64, 32, 2), Tile(128, 64, 8), Tile(64, 32, 4), Tile(32, 64, 4),
+                 Tile(32, 32, 2), Tile(128, 32, 4)],
     "rht_transpose": [Tile(64, 64, 4), Tile(64, 128, 4), Tile(128, 64, 4), Tile(64, 64, 8), Tile(128, 128, 8),
                       Tile(32, 128, 4), Tile(64, 256, 8)],
 }
 
 
 def fused_rht(fn):
-    """``fn`` with the RHT inside the quantize kernel (``NVFP4_COMPILE_FUSED_RHT=1``)."""
-    return mock.patch.dict(os.environ, {"NVFP4_COMPILE_FUSED_RHT": "1"})(fn)
+    """``fn`` with the RHT inside the quantize kernel (``NVFP4_COMPILE_FUSED_RHT=1``). The variable
+    is set and restored around each call by hand: ``mock.patch.dict(os.environ)`` rewrites the
+    whole environment each time, host time that the timed rows would then include."""
+    def call(*args):
+        before = os.environ.get("NVFP4_COMPILE_FUSED_RHT")
+        os.environ["NVFP4_COMPILE_FUSED_RHT"] = "1"
+        try:
+            return fn(*args)
+        finally:
+            if before is None:
+                del os.environ["NVFP4_COMPILE_FUSED_RHT"]
+            else:
+                os.environ["NVFP4_COMPILE_FUSED_RHT"] = before
+    return call
 
 
 # (quantize_k=32, 4 warps) made an illegal memory access on an H100 with Triton 3.6 (not understood;
@@ -124,10 +136,13 @@ def main(argv=None):
             tiles = [("", QuantizeTiles())]
             if args.sweep and passes == 2:
                 tiles += [(f" rht_pair={tuple(t)}", QuantizeTiles(rht_pair=t)) for t in SWEEP["rht_pair"][1:]]
-            for suffix, t in tiles:
-                cases[f"triton {name}, {passes} passes{suffix}"] = mock.patch.object(
-                    triton_rht_transpose, "PAIR_PASSES", passes)(
-                    (lambda r, rt, v, t: lambda: quantize_pair_rht(x, r, rt, tiles=t, values=v))(r, rt, values, t))
+            caps = [None] + ([64, 80, 96] if args.sweep and passes == 2 else [])
+            for (suffix, t), cap in [(tile, None) for tile in tiles] + [(tiles[0], cap) for cap in caps[1:]]:
+                call = (lambda r, rt, v, t: lambda: quantize_pair_rht(x, r, rt, tiles=t, values=v))(r, rt, values, t)
+                call = mock.patch.object(triton_rht_transpose, "PAIR_PASSES", passes)(call)
+                call = mock.patch.object(triton_rht_transpose, "PAIR_MAXNREG", cap)(call)
+                label = suffix + (f" maxnreg={cap}" if cap else "")
+                cases[f"triton {name}, {passes} passes{label}"] = call
     if not args.only:  # the older pair forms, transpose and peer rows
         pairs = {"X pair: 1x16 RNE + X^T RHT RNE": ("rne", "rne"), "dY pair: 1x16 SR + dY^T RHT SR": ("sr", "sr")}
         for name, (r, rt) in pairs.items():

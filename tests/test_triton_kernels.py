@@ -170,9 +170,9 @@ for r, rt, v in [("sr", "sr", (True, True)), ("sr", "rne", (False, True)), ("rne
         torch.manual_seed(3)
         results.append(quantize_pair_rht(x, r, rt, values=v))
     triton_rht_transpose.PAIR_PASSES = 2
+    ints = {{1: torch.uint8, 2: torch.int16, 4: torch.int32}}
     for g, w in zip(*results):
-        if not (g.shape == w.shape and torch.equal(g.isnan() if g.is_floating_point() else g, w.isnan() if w.is_floating_point() else w)
-                and torch.equal(g.nan_to_num() if g.is_floating_point() else g, w.nan_to_num() if w.is_floating_point() else w)):
+        if not (g.shape == w.shape and torch.equal(g.view(ints[g.element_size()]), w.view(ints[w.element_size()]))):
             bad.append(("quantize_pair_rht two passes", r, rt, v))
 from nvfp4_compile import distributed as ncd
 from nvfp4_compile.kernels.triton_dequant import exact_dequantize_2d
@@ -220,7 +220,7 @@ def test_quantize_kernels_compile_to_few_instructions_without_conversions():
     tiles = triton_quantize.QuantizeTiles()
     for sr, (rows, k, warps) in ((False, tiles.rne), (True, tiles.sr)):
         flags = dict(RHT=False, TWO_D=False, SR=sr, TRANSPOSED=False, stride_k=1, BLOCK_R=rows, BLOCK_K=k, CODES=True,
-                     VALUES=False, EVEN=False)
+                     VALUES=False, EVEN=False, HW_FP8=True)
         ops = sass_ops(triton_quantize._quantize_kernel, QUANTIZE_ARGS, flags, warps)
         per_thread = rows * k / (32 * warps)
         conversions = sum(op.startswith(("F2I", "I2F")) for op in ops)
@@ -273,6 +273,31 @@ def test_triton_quantize_equals_the_cpu_reference(dtype, block_rows, rht, transp
     assert torch.equal(codes.cpu(), ref.codes)
     assert torch.equal(scales.cpu(), ref.scales.view(torch.uint8))
     assert s_dec.item() == ref.global_scale.item()
+
+
+@gpu
+@pytest.mark.parametrize("block_rows, rounding", [(1, "rne"), (16, "rne"), (1, "sr")])
+def test_e4m3_scales_by_integer_arithmetic_give_the_hardware_bits(block_rows, rounding, monkeypatch):
+    """GPUs before sm_89 have no E4M3 conversion: the kernels round the scales with integer
+    arithmetic there (``HW_FP8=False``). On this GPU both ways give the same codes, scales and
+    values (SR with one seed), and the dequantize kernel the same BF16 operand."""
+    from nvfp4_compile.kernels import triton_quantize
+    from nvfp4_compile.kernels.triton_dequant import dequantize_to_bf16
+
+    x = (torch.randn(256, 512) * torch.logspace(-30, 30, 512)).bfloat16().cuda()  # subnormal to large scales
+    x[3, 100], x[40, 7] = float("nan"), float("-inf")
+    seed = torch.tensor(77, dtype=torch.int32, device="cuda")
+    results = []
+    for hardware in (True, False):
+        monkeypatch.setattr(triton_quantize, "hardware_fp8", lambda device, hardware=hardware: hardware)
+        codes, scales, s_dec, values = triton_quantize.quantize_nvfp4(x, block_rows, rounding, seed=seed, values=True,
+                                                                      codes=True)
+        results.append((codes, scales, s_dec, values.view(torch.int16), dequantize_to_bf16(codes, scales).view(torch.int16)))
+    for hw, integer in zip(*results):
+        assert torch.equal(hw, integer)
+    if rounding == "rne":
+        ref = nc.quantize(x.cpu(), block=(block_rows, 16))
+        assert torch.equal(results[0][0].cpu(), ref.codes) and torch.equal(results[0][1].cpu(), ref.scales.view(torch.uint8))
 
 
 @gpu

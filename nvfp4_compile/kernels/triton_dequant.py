@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from .launch import cdiv, fast_launch
+from . import triton_quantize
 from .triton_quantize import RHT_TILE, _e2m1_value, _e4m3_value, _load_tile, _round_to_bf16, is_transposed
 
 
@@ -35,13 +36,13 @@ def _fp4_tile(codes_ptr, scales_ptr, rows, k0, R, K, BLOCK_R: tl.constexpr, BLOC
     scols = k0 // 16 + tl.arange(0, BLOCK_K // 16)
     bits = tl.load(scales_ptr + rows[:, None].to(tl.int64) * (K // 16) + scols[None, :],
                    mask=(rows[:, None] < R) & (scols[None, :] < K // 16), other=0).to(tl.int32)
-    scaled = values * tl.reshape(_e4m3_value(bits), (BLOCK_R, BLOCK_K // 16, 1))
+    scaled = values * tl.reshape(_e4m3_value(bits, False), (BLOCK_R, BLOCK_K // 16, 1))
     return tl.reshape(scaled, (BLOCK_R, BLOCK_K)).to(tl.bfloat16)
 
 
 @triton.jit
 def _dequant_kernel(codes_ptr, scales_ptr, out_ptr, R, K, a_scale_ptr, b_scale_ptr, alpha_beta_ptr,
-                    ALPHA: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+                    ALPHA: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, HW_FP8: tl.constexpr):
     # [BLOCK_R, blocks, 16] from the load to the store: no layout conversion between them.
     NB: tl.constexpr = BLOCK_K // 16
     rows = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R))[:, None, None]
@@ -51,7 +52,7 @@ def _dequant_kernel(codes_ptr, scales_ptr, out_ptr, R, K, a_scale_ptr, b_scale_p
                      mask=inside, other=0).to(tl.int32)
     values = tl.reshape(tl.join(_e2m1_value(packed & 15), _e2m1_value(packed >> 4)), (BLOCK_R, NB, 16))
     bits = tl.load(scales_ptr + rows.to(tl.int64) * (K // 16) + blocks, mask=inside, other=0).to(tl.int32)
-    out = (values * _e4m3_value(bits)).to(tl.bfloat16)  # exact: 2 x 4 significant bits
+    out = (values * _e4m3_value(bits, HW_FP8)).to(tl.bfloat16)  # exact: 2 x 4 significant bits
     tl.store(out_ptr + rows.to(tl.int64) * K + blocks * 16 + tl.arange(0, 16)[None, None, :], out, mask=inside)
     if ALPHA and tl.program_id(0) == 0 and tl.program_id(1) == 0:
         tl.store(alpha_beta_ptr, tl.load(a_scale_ptr) * tl.load(b_scale_ptr))
@@ -70,7 +71,8 @@ def dequantize_to_bf16(codes: torch.Tensor, scale_bits: torch.Tensor, alpha_of=N
     if R and K:
         grid = (cdiv(R, 32), cdiv(K, 256))
         _DEQUANT[grid](codes.contiguous(), scale_bits.contiguous(), out, R, K, a_scale, b_scale, alpha_beta,
-                       ALPHA=alpha_of is not None, BLOCK_R=32, BLOCK_K=256, num_warps=8)
+                       ALPHA=alpha_of is not None, BLOCK_R=32, BLOCK_K=256,
+                       HW_FP8=triton_quantize.hardware_fp8(codes.device), num_warps=8)
     elif alpha_of is not None:
         torch.stack([a_scale * b_scale, torch.zeros_like(a_scale)], out=alpha_beta)
     return out
@@ -112,7 +114,7 @@ def _exact_dequant_2d_kernel(codes_ptr, tiles_ptr, s_dec_ptr, amax_ptr, top_ptr,
     mask = (rows[:, None] < R) & (cols[None, :] < K)
     tile_bits = tl.load(tiles_ptr + (rows[:, None] // 16).to(tl.int64) * (K // 16) + cols[None, :] // 16,
                         mask=mask, other=0).to(tl.int32)
-    w = _e2m1_value(codes) * _e4m3_value(tile_bits) * tl.load(s_dec_ptr)
+    w = _e2m1_value(codes) * _e4m3_value(tile_bits, False) * tl.load(s_dec_ptr)
     amax = tl.load(amax_ptr)
     w = tl.where(tl.abs(w) == tl.load(top_ptr), tl.where((codes & 8) != 0, -amax, amax), w)  # NaN: no pin
     if out_ptr.dtype.element_ty == tl.bfloat16:  # round to nearest even explicitly: the conversion is then exact

@@ -10,8 +10,10 @@ Two launches, no host synchronization:
 
 Bit-exactness with the reference (NUMERICS.md): every scale step is one FP32 operation in the
 contract's order, divisions use ``div_rn``, and the E4M3 and E2M1 roundings are done with
-integer and comparison arithmetic rather than a hardware conversion, so that the kernels
-compute the same bits under Triton's CPU interpreter as on the GPU.
+integer and comparison arithmetic rather than a hardware conversion (E2M1 has none on Hopper),
+so that the kernels compute the same bits under Triton's CPU interpreter as on the GPU; the
+E4M3 scales use the hardware's conversions where there are some (sm_89+, ``HW_FP8``), which give
+the same bits.
 """
 
 from __future__ import annotations
@@ -156,11 +158,11 @@ def _maximum_nan(a, b):
 
 
 @triton.jit
-def _e4m3_bits(s):
-    """Non-negative fp32 (or NaN) -> E4M3 bits, round to nearest even, saturating at 448: the
-    hardware conversion (``cvt.rn.satfinite.e4m3x2.f32``, sm_89+), or under the interpreter the
-    same rounding on the bits."""
-    if not _INTERPRETED:
+def _e4m3_bits(s, HW_FP8: tl.constexpr):
+    """Non-negative fp32 (or NaN) -> E4M3 bits, round to nearest even, saturating at 448. With
+    ``HW_FP8`` (sm_89+, ``hardware_fp8``) the hardware conversion, ``cvt.rn.satfinite.e4m3x2.f32``;
+    otherwise, and under the interpreter, the same rounding on the bits."""
+    if HW_FP8 and not _INTERPRETED:
         return s.to(tl.float8e4nv).to(tl.uint8, bitcast=True).to(tl.int32)
     bits = s.to(tl.int32, bitcast=True)
     # Normal range: drop 20 mantissa bits with round-to-nearest-even, rebias 127 -> 7.
@@ -173,8 +175,9 @@ def _e4m3_bits(s):
 
 
 @triton.jit
-def _e4m3_value(bits):
-    if not _INTERPRETED:  # exact: E4M3 -> FP16 -> FP32
+def _e4m3_value(bits, HW_FP8: tl.constexpr):
+    """E4M3 bits (int32) -> their FP32 value (0x7F: NaN); ``HW_FP8`` as in ``_e4m3_bits``."""
+    if HW_FP8 and not _INTERPRETED:  # exact: E4M3 -> FP16 -> FP32
         return bits.to(tl.uint8).to(tl.float8e4nv, bitcast=True).to(tl.float32)
     normal = (((bits >> 3) + 120) << 23 | (bits & 7) << 20).to(tl.float32, bitcast=True)
     value = tl.where(bits >= 8, normal, (bits & 7).to(tl.float32) * 0.001953125)
@@ -280,12 +283,14 @@ def _random_bits(seed_ptr, rows, k0, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexp
 @triton.jit
 def _quantize_tile(x, rows, k0, R, K, amax, seed_ptr, codes_ptr, scales_ptr, codes_stride, scales_stride,
                    values_ptr, values_stride, TWO_D: tl.constexpr, SR: tl.constexpr, BLOCK_R: tl.constexpr,
-                   BLOCK_K: tl.constexpr, CODES: tl.constexpr, VALUES: tl.constexpr, EVEN: tl.constexpr):
+                   BLOCK_K: tl.constexpr, CODES: tl.constexpr, VALUES: tl.constexpr, EVEN: tl.constexpr,
+                   HW_FP8: tl.constexpr):
     """Quantize the fp32 tile ``x [BLOCK_R, BLOCK_K]`` (rows ``rows``, columns from ``k0``) of a
     tensor whose finite amax is ``amax``; with ``CODES`` store its packed codes and scale bits,
     with ``VALUES`` its block-scaled values ``q * s_dec_b`` in BF16 (exact; NaN in a non-finite
     block) at ``values_ptr`` with row stride ``values_stride``, or both; ``EVEN``: no store is
-    masked (the tile lies inside the outputs). Returns S_dec."""
+    masked (the tile lies inside the outputs); ``HW_FP8``: E4M3 conversions by the hardware
+    (``hardware_fp8``). Returns S_dec."""
     s_enc = tl.minimum(tl.math.div_rn(2688.0, amax), FP32_MAX)
     s_enc = tl.where((amax == 0.0) | (s_enc == 0.0), 1.0, s_enc)
     s_dec = tl.math.div_rn(1.0, s_enc)
@@ -301,9 +306,9 @@ def _quantize_tile(x, rows, k0, R, K, amax, seed_ptr, codes_ptr, scales_ptr, cod
         amax_b = tl.reduce(amax_b, 0, _maximum_nan, keep_dims=True)
     bad = ~(amax_b <= FP32_MAX)
 
-    scale_bits = _e4m3_bits(amax_b * (s_enc * one_sixth))  # [BLOCK_R or 1, NB]
+    scale_bits = _e4m3_bits(amax_b * (s_enc * one_sixth), HW_FP8)  # [BLOCK_R or 1, NB]
     scale_bits = tl.where(bad, 0x7F, scale_bits)
-    s_enc_b = tl.minimum(tl.math.div_rn(1.0, _e4m3_value(scale_bits) * s_dec), FP32_MAX)
+    s_enc_b = tl.minimum(tl.math.div_rn(1.0, _e4m3_value(scale_bits, HW_FP8) * s_dec), FP32_MAX)
 
     v = x * s_enc_b[:, :, None]
     if SR:
@@ -314,7 +319,7 @@ def _quantize_tile(x, rows, k0, R, K, amax, seed_ptr, codes_ptr, scales_ptr, cod
         else:
             codes = _e2m1_rne(v)
     if VALUES:  # what the dequantize kernel would make of the codes and scales, without reading them
-        scale = _e4m3_value(scale_bits)[:, :, None]
+        scale = _e4m3_value(scale_bits, HW_FP8)[:, :, None]
         if CODES:
             values = _e2m1_value(codes) * scale
         elif SR:
@@ -354,13 +359,13 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, amax_bits_ptr, s_
                      R, K, stride_r, stride_k, codes_stride, scales_stride, values_stride,
                      RHT: tl.constexpr, TWO_D: tl.constexpr, SR: tl.constexpr, TRANSPOSED: tl.constexpr,
                      BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, CODES: tl.constexpr, VALUES: tl.constexpr,
-                     EVEN: tl.constexpr):
+                     EVEN: tl.constexpr, HW_FP8: tl.constexpr):
     pid_r, pid_k = tl.program_id(0), tl.program_id(1)
     r0, k0 = pid_r * BLOCK_R, pid_k * BLOCK_K
     x, rows, cols = _load_tile(x_ptr, r0, k0, R, K, stride_r, stride_k, RHT, TRANSPOSED, BLOCK_R, BLOCK_K, EVEN)
     amax = tl.load(amax_bits_ptr).to(tl.float32, bitcast=True)
     s_dec = _quantize_tile(x, rows, k0, R, K, amax, seed_ptr, codes_ptr, scales_ptr, codes_stride, scales_stride,
-                           values_ptr, values_stride, TWO_D, SR, BLOCK_R, BLOCK_K, CODES, VALUES, EVEN)
+                           values_ptr, values_stride, TWO_D, SR, BLOCK_R, BLOCK_K, CODES, VALUES, EVEN, HW_FP8)
     if pid_r == 0 and pid_k == 0:
         tl.store(s_dec_ptr, s_dec)
 
@@ -387,6 +392,13 @@ def _programs(device) -> int:
     if device.type != "cuda":
         return 4
     return PROGRAMS_PER_SM * _multiprocessors(device)
+
+
+@functools.lru_cache(maxsize=None)
+def hardware_fp8(device) -> bool:
+    """Whether ``device`` converts to and from E4M3 in hardware (sm_89 and later): the kernels'
+    ``HW_FP8``. Older GPUs round the scales with integer arithmetic, to the same bits."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
 
 
 @functools.lru_cache(maxsize=None)
@@ -519,5 +531,5 @@ def quantize_nvfp4(x: torch.Tensor, block_rows: int = 1, rounding: str = "rne", 
         x, codes_out, scales, values_out if values else codes_out, amax_bits, s_dec, seed, R, K,
         x.stride(0), x.stride(1), codes_out.stride(0), scales.stride(0), values_out.stride(0) if values else 0,
         RHT=rht, TWO_D=block_rows == 16, SR=sr, TRANSPOSED=transposed, BLOCK_R=qr, BLOCK_K=qk, CODES=codes,
-        VALUES=values, EVEN=R % qr == 0 and K % qk == 0, num_warps=warps)
+        VALUES=values, EVEN=R % qr == 0 and K % qk == 0, HW_FP8=hardware_fp8(dev), num_warps=warps)
     return out

@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from .launch import cdiv
-from .triton_quantize import RHT_TILE, _finite_abs, _programs, _quantize_tile, _rht_tile
+from .triton_quantize import RHT_TILE, _finite_abs, _programs, _quantize_tile, _rht_tile, hardware_fp8
 
 
 @triton.jit
@@ -58,7 +58,7 @@ def _pair_quantize_kernel(x_ptr, codes_ptr, scales_ptr, s_dec_ptr, codes_t_ptr, 
                           amax_bits_ptr, seed_ptr, R, K, Rp, Kp, stride_r, stride_k,
                           codes_stride, scales_stride, codes_t_stride, scales_t_stride,
                           RHT_T: tl.constexpr, SR: tl.constexpr, SR_T: tl.constexpr,
-                          BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+                          BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, HW_FP8: tl.constexpr):
     pid_r, pid_k = tl.program_id(0), tl.program_id(1)
     r0, k0 = pid_r * BLOCK_R, pid_k * BLOCK_K
     x, rows, cols = _load(x_ptr, r0, k0, R, K, stride_r, stride_k, BLOCK_R, BLOCK_K)
@@ -66,7 +66,7 @@ def _pair_quantize_kernel(x_ptr, codes_ptr, scales_ptr, s_dec_ptr, codes_t_ptr, 
     amax_t = tl.load(amax_bits_ptr + 1).to(tl.float32, bitcast=True)
     # Along K: rows of x are the output's rows; stores stop at R rows and Kp columns.
     s_dec = _quantize_tile(x.to(tl.float32), rows, k0, R, Kp, amax, seed_ptr, codes_ptr, scales_ptr,
-                           codes_stride, scales_stride, codes_ptr, 0, False, SR, BLOCK_R, BLOCK_K, True, False, False)
+                           codes_stride, scales_stride, codes_ptr, 0, False, SR, BLOCK_R, BLOCK_K, True, False, False, HW_FP8)
     # x^T on chip (BF16, before any arithmetic), then the RHT as ``triton_quantize`` does it
     # for a transposed view. (The left product ``blockdiag(H)^T @ x``, which needs no
     # transpose before the MMA, measured 1.6x slower for the pair on an H100.)
@@ -78,7 +78,7 @@ def _pair_quantize_kernel(x_ptr, codes_ptr, scales_ptr, s_dec_ptr, codes_t_ptr, 
     # Along R: columns of x are the output's rows; stores stop at K rows and Rp columns.
     s_dec_t = _quantize_tile(yt, cols, r0, K, Rp, amax_t, seed_ptr + 1, codes_t_ptr, scales_t_ptr,
                              codes_t_stride, scales_t_stride, codes_t_ptr, 0, False, SR_T, BLOCK_K, BLOCK_R,
-                             True, False, False)
+                             True, False, False, HW_FP8)
     if pid_r == 0 and pid_k == 0:
         tl.store(s_dec_ptr, s_dec)
         tl.store(s_dec_t_ptr, s_dec_t)
@@ -137,5 +137,6 @@ def quantize_pair_nvfp4(x: torch.Tensor, rounding: str = "rne", rounding_t: str 
     _pair_quantize_kernel[(cdiv(R, br), cdiv(K, tiles.quantize_k))](
         x, codes, scales, s_dec, codes_t, scales_t, s_dec_t, amax_bits, seeds, R, K, Rp, Kp,
         x.stride(0), x.stride(1), codes.stride(0), scales.stride(0), codes_t.stride(0),
-        scales_t.stride(0), RHT_T=rht_t, SR=rounding == "sr", SR_T=rounding_t == "sr", BLOCK_R=br, BLOCK_K=tiles.quantize_k, num_warps=tiles.quantize_warps)
+        scales_t.stride(0), RHT_T=rht_t, SR=rounding == "sr", SR_T=rounding_t == "sr", BLOCK_R=br, BLOCK_K=tiles.quantize_k,
+        HW_FP8=hardware_fp8(dev), num_warps=tiles.quantize_warps)
     return codes, scales, s_dec, codes_t, scales_t, s_dec_t

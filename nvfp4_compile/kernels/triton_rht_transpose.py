@@ -80,7 +80,7 @@ def _rht_pair_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, codes_t_ptr, scal
                      amax_bits_ptr, s_dec_ptr, s_dec_t_ptr, seed_ptr, T, F, stride_t, stride_f,
                      codes_stride, scales_stride, values_stride, codes_t_stride, scales_t_stride, values_t_stride,
                      SR: tl.constexpr, SR_T: tl.constexpr, VALUES: tl.constexpr, VALUES_T: tl.constexpr,
-                     BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, EVEN: tl.constexpr):
+                     BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, EVEN: tl.constexpr, HW_FP8: tl.constexpr):
     """Both quantizations of one ``[BLOCK_T, BLOCK_F]`` tile of ``x [T, F]`` from one read of it:
     along F (rows: tokens) and, after the RHT along the tokens, along T (rows: features, stored
     in ``[F, T]`` order), each as codes and scale bits or, with ``VALUES`` / ``VALUES_T``, as
@@ -101,11 +101,11 @@ def _rht_pair_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, codes_t_ptr, scal
     amax = tl.load(amax_bits_ptr + 1).to(tl.float32, bitcast=True)
     s_dec = _quantize_tile(x.to(tl.float32), tokens, f0, T, F, amax, seed_ptr, codes_ptr, scales_ptr, codes_stride,
                            scales_stride, values_ptr, values_stride, False, SR, BLOCK_T, BLOCK_F, not VALUES, VALUES,
-                           EVEN)
+                           EVEN, HW_FP8)
     y = _rht_along_tokens(x, _rht_matrix_per_run(BLOCK_T), BLOCK_T, BLOCK_F)
     s_dec_t = _quantize_tile(tl.trans(y), features, t0, F, T, amax_t, seed_ptr + 1, codes_t_ptr, scales_t_ptr,
                              codes_t_stride, scales_t_stride, values_t_ptr, values_t_stride, False, SR_T, BLOCK_F,
-                             BLOCK_T, not VALUES_T, VALUES_T, EVEN)
+                             BLOCK_T, not VALUES_T, VALUES_T, EVEN, HW_FP8)
     if tl.program_id(0) == 0 and tl.program_id(1) == 0:
         tl.store(s_dec_ptr, s_dec)
         tl.store(s_dec_t_ptr, s_dec_t)
@@ -156,6 +156,11 @@ def _rht_amaxes(x: torch.Tensor, tile: Tile, x_amax: bool, y: torch.Tensor | Non
 #: 97 for the two rowwise passes it replaces), see bench/RESULTS.md. ``bench/kernels.py`` times both.
 PAIR_PASSES = 3
 
+#: A register cap for ``_rht_pair_kernel`` (``maxnreg``; None: the compiler's choice, 96 for the X
+#: pair's 64x64 tile and 122 for dY's, which bounds the warps an SM holds). ``bench/kernels.py
+#: --sweep`` times caps.
+PAIR_MAXNREG = None
+
 
 def quantize_pair_rht(x: torch.Tensor, rounding: str = "rne", rounding_t: str = "rne",
                       tiles: QuantizeTiles = DEFAULT_TILES, values: tuple[bool, bool] = (False, False)):
@@ -194,7 +199,9 @@ def quantize_pair_rht(x: torch.Tensor, rounding: str = "rne", rounding_t: str = 
         x.stride(0), x.stride(1), a.stride(0), a_scales.stride(0) if not values[0] else 0, a.stride(0),
         b.stride(0), b_scales.stride(0) if not values[1] else 0, b.stride(0),
         SR=rounding == "sr", SR_T=rounding_t == "sr", VALUES=values[0], VALUES_T=values[1], BLOCK_T=block_t,
-        BLOCK_F=block_f, EVEN=T % block_t == 0 and F % block_f == 0, num_warps=warps)
+        BLOCK_F=block_f, EVEN=T % block_t == 0 and F % block_f == 0, HW_FP8=triton_quantize.hardware_fp8(dev),
+        num_warps=warps,
+        **({} if PAIR_MAXNREG is None else {"maxnreg": PAIR_MAXNREG}))
     return (*outs[0], *outs[1])
 
 
