@@ -172,22 +172,17 @@ def main(argv=None):
             cases["torchao nvfp4_quantize (compiled)"] = lambda: compiled_ao(x)
         except Exception as err:  # torchao missing or its API moved
             print(f"torchao peer not run: {err}")
-    for per_sm in args.programs_per_sm or ():
-        with_programs = mock.patch.object(triton_quantize, "PROGRAMS_PER_SM", per_sm)
-        cases[f"triton 1x16 RNE, {per_sm} programs/SM"] = with_programs(lambda: quantize_nvfp4(x, 1, "rne"))
-        cases[f"triton X^T RHT 1x16 RNE (wgrad), {per_sm} programs/SM"] = with_programs(
-            lambda: quantize_nvfp4(x.t(), 1, "rne", rht=True))
-        cases[f"triton dY pair (SR, values both ways), {per_sm} programs/SM"] = with_programs(
-            lambda: quantize_pair_rht(x, "sr", "sr", values=(True, True)))
-    for stages in args.stages or ():
-        with_stages = mock.patch.object(triton_quantize, "PERSISTENT_STAGES", stages)
-        cases[f"triton 1x16 RNE, {stages} stages"] = with_stages(lambda: quantize_nvfp4(x, 1, "rne"))
-        cases[f"triton X^T RHT 1x16 RNE (wgrad), {stages} stages"] = with_stages(
-            lambda: quantize_nvfp4(x.t(), 1, "rne", rht=True))
-        cases[f"triton X pair (X values, RHT(X^T) codes), {stages} stages"] = with_stages(
-            lambda: quantize_pair_rht(x, "rne", "rne", values=(True, False)))
-        cases[f"triton dY pair (SR, values both ways), {stages} stages"] = with_stages(
-            lambda: quantize_pair_rht(x, "sr", "sr", values=(True, True)))
+    # The persistent passes' knobs, each setting timed on the kernels that run such a pass.
+    persistent = {"1x16 RNE": lambda: quantize_nvfp4(x, 1, "rne"),
+                  "X^T RHT 1x16 RNE (wgrad)": lambda: quantize_nvfp4(x.t(), 1, "rne", rht=True),
+                  "X pair (X values, RHT(X^T) codes)": lambda: quantize_pair_rht(x, "rne", "rne", values=(True, False)),
+                  "dY pair (SR, values both ways)": lambda: quantize_pair_rht(x, "sr", "sr", values=(True, True))}
+    for attr, settings, unit in (("PROGRAMS_PER_SM", args.programs_per_sm, "programs/SM"),
+                                 ("PERSISTENT_STAGES", args.stages, "stages")):
+        for value in settings or ():
+            setting = mock.patch.object(triton_quantize, attr, value)
+            for name, fn in persistent.items():
+                cases[f"triton {name}, {value} {unit}"] = setting(fn)
     rows = []
     for name, fn in cases.items():
         print(f"timing {name}", flush=True)
