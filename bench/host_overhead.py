@@ -74,7 +74,8 @@ def parts() -> dict:
     out = torch.empty(64, 64, device=dev, dtype=torch.bfloat16)
     alpha_beta = torch.tensor([1.0, 0.0], device=dev)
     kernel = triton_dequant._dequant_kernel
-    launch = {"ALPHA": False, "BLOCK_R": 32, "BLOCK_K": 256, "num_warps": 8}
+    hw_fp8 = triton_quantize.hardware_fp8(dev)
+    launch = {"ALPHA": False, "BLOCK_R": 32, "BLOCK_K": 256, "HW_FP8": hw_fp8, "num_warps": 8}
     compiled = kernel[(2, 1)](codes, scales, out, 64, 64, out, out, out, **launch)
     runner = compiled[(2, 1, 1)]
     cases = {
@@ -83,7 +84,8 @@ def parts() -> dict:
         "torch.randint (0-dim)": lambda: torch.randint(0, 2**31 - 1, (), device=dev, dtype=torch.int32),
         "x + x (aten, eager)": lambda: x + x,
         "Triton launch, kernel[grid](...)": lambda: kernel[(2, 1)](codes, scales, out, 64, 64, out, out, out, **launch),
-        "Triton launch, CompiledKernel runner": lambda: runner(codes, scales, out, 64, 64, out, out, out, False, 32, 256),
+        "Triton launch, CompiledKernel runner": lambda: runner(codes, scales, out, 64, 64, out, out, out, False, 32, 256,
+                                                                     hw_fp8),
         "Triton launch, kernels/launch.py": lambda: triton_dequant._DEQUANT[(2, 1)](codes, scales, out, 64, 64, out, out,
                                                                                  out, **launch),
         "dequantize_to_bf16": lambda: triton_dequant.dequantize_to_bf16(codes, scales),

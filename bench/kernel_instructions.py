@@ -34,13 +34,16 @@ QUANTIZE_ARGS = {"x_ptr": "*bf16", "codes_ptr": "*u8", "scales_ptr": "*u8", "val
                  "values_stride": "i32"}
 
 
+#: The integer arguments divisible by 16 at the shapes counted (8192 x 8192; scale rows K / 16 = 512).
+SPECIALIZED = {"R", "K", "T", "F", "stride_r", "stride_k", "stride_t", "codes_stride", "values_stride", "y_stride",
+               "scales_stride", "codes_t_stride", "scales_t_stride", "values_t_stride"}
+
+
 def sass_ops(fn, args: dict, constexprs: dict, num_warps: int) -> list[str]:
     signature = {**args, **{name: "constexpr" for name in constexprs}}
     # Pointers, sizes and strides divisible by 16, as Triton specializes them at these shapes.
     attrs = {(i,): [["tt.divisibility", 16]] for i, (name, kind) in enumerate(args.items())
-             if name not in constexprs and (kind.startswith("*") or name in ("R", "K", "T", "F", "stride_r", "stride_k",
-                                                                             "stride_t", "codes_stride", "values_stride",
-                                                                             "y_stride"))}
+             if name not in constexprs and (kind.startswith("*") or name in SPECIALIZED)}
     kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs),
                             target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:

@@ -12,8 +12,8 @@ Bit-exactness with the reference (NUMERICS.md): every scale step is one FP32 ope
 contract's order, divisions use ``div_rn``, and the E4M3 and E2M1 roundings are done with
 integer and comparison arithmetic rather than a hardware conversion (E2M1 has none on Hopper),
 so that the kernels compute the same bits under Triton's CPU interpreter as on the GPU; the
-E4M3 scales use the hardware's conversions where there are some (sm_89+, ``HW_FP8``), which give
-the same bits.
+E4M3 scales use the hardware's conversions on sm_90+ (``HW_FP8``, ``hardware_fp8``), which give
+the same bits there.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def _maximum_nan(a, b):
 @triton.jit
 def _e4m3_bits(s, HW_FP8: tl.constexpr):
     """Non-negative fp32 (or NaN) -> E4M3 bits, round to nearest even, saturating at 448. With
-    ``HW_FP8`` (sm_89+, ``hardware_fp8``) the hardware conversion, ``cvt.rn.satfinite.e4m3x2.f32``;
+    ``HW_FP8`` (sm_90+, ``hardware_fp8``) the hardware conversion, ``cvt.rn.satfinite.e4m3x2.f32``;
     otherwise, and under the interpreter, the same rounding on the bits."""
     if HW_FP8 and not _INTERPRETED:
         return s.to(tl.float8e4nv).to(tl.uint8, bitcast=True).to(tl.int32)
@@ -396,9 +396,13 @@ def _programs(device) -> int:
 
 @functools.lru_cache(maxsize=None)
 def hardware_fp8(device) -> bool:
-    """Whether ``device`` converts to and from E4M3 in hardware (sm_89 and later): the kernels'
-    ``HW_FP8``. Older GPUs round the scales with integer arithmetic, to the same bits."""
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+    """Whether the kernels convert the scales to and from E4M3 with the hardware's instructions on
+    ``device`` (``HW_FP8``): sm_90 and later, where Triton lowers FP32 -> E4M3 to one correctly
+    rounded ``cvt.rn.satfinite.e4m3x2.f32``. Not sm_89: there Triton goes through FP16, rounding
+    toward zero first, and a value just above a midpoint can land on the even side (1.0627441 ->
+    0x38, not 0x39). Other GPUs (and ROCm) round with integer arithmetic, to the reference's bits."""
+    return (device.type == "cuda" and torch.version.hip is None
+            and torch.cuda.get_device_capability(device) >= (9, 0))
 
 
 @functools.lru_cache(maxsize=None)

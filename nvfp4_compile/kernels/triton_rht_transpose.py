@@ -151,9 +151,9 @@ def _rht_amaxes(x: torch.Tensor, tile: Tile, x_amax: bool, y: torch.Tensor | Non
 #: How ``quantize_pair_rht`` runs: 3 passes (``rht_transpose`` writing ``RHT(x^T)`` in BF16, then
 #: the rowwise kernel on x and on that) or 2 (the amaxes, then ``_rht_pair_kernel``: x read twice
 #: and nothing else, 6.6 bytes a value against 10.6 for the X pair). On an H100 the two-pass form
-#: is slower (X pair 0.320 against 0.289 ms at 8192x8192, dY pair 0.392 against 0.328): its
-#: second pass is bound by instructions (78 a value for the X pair, 106 for dY's, against 61 and
-#: 97 for the two rowwise passes it replaces), see bench/RESULTS.md. ``bench/kernels.py`` times both.
+#: is no faster (8192x8192: X pair 0.286 against 0.287 ms, dY pair 0.342 against 0.333): its
+#: second pass is bound by instructions and registers (bench/RESULTS.md, seventh cut).
+#: ``bench/kernels.py`` times both.
 PAIR_PASSES = 3
 
 #: A register cap for ``_rht_pair_kernel`` (``maxnreg``; None: the compiler's choice, 96 for the X
