@@ -282,7 +282,7 @@ def quantize_2d_with_amax(x: torch.Tensor, amax: torch.Tensor) -> tuple[torch.Te
     rows, k = x.shape
     if rows % TILE or k % TILE:
         raise ValueError(f"a 2D-quantized weight shard must tile into {TILE}x{TILE}, got {tuple(x.shape)}")
-    if ops._fast_path_available(x.device):  # the Triton kernel takes the amax: no copy, no amax pass
+    if ops._fast_path_available("quantize", x):  # the Triton kernel takes the amax: no copy, no amax pass
         from .kernels.triton_quantize import quantize_nvfp4
 
         amax_bits = amax.to(device=x.device, dtype=torch.float32).reshape(()).contiguous().view(torch.int32)
@@ -341,7 +341,7 @@ def _exact_dequantize_tiles(codes, tiles, s_dec, amax, dtype) -> torch.Tensor:
     FSDP2 post-all-gather runs eagerly, where the reference's FP32 passes cost a step dearly)."""
     from .ops import _fast_path_available
 
-    if _fast_path_available(codes.device):
+    if _fast_path_available("exact_dequantize", codes):
         from .kernels.triton_dequant import exact_dequantize_2d
 
         return exact_dequantize_2d(codes, tiles, s_dec, amax, dtype)

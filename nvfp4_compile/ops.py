@@ -20,6 +20,7 @@ multiple of 16 need no fallback.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 
 import torch
@@ -29,6 +30,8 @@ from .gemm import mxfp4_mm, nvfp4_mm
 from .hadamard import rht as _rht
 from .numerics import MXFP4Tensor, NVFP4Tensor, quantize as _quantize
 from .recipe import BLOCK_SIZE
+
+log = logging.getLogger(__name__)
 
 _SCALE_DTYPE = {"nvfp4": torch.float8_e4m3fn, "mxfp4": torch.float8_e8m0fnu}
 
@@ -321,15 +324,35 @@ def _triton_installed() -> bool:
     return True
 
 
-def _fast_path_available(device: torch.device) -> bool:
-    if device.type != "cuda" or os.environ.get("NVFP4_COMPILE_REFERENCE_KERNELS") == "1":
+#: The Triton kernels address their tensors with 32-bit element offsets.
+MAX_KERNEL_OFFSET = 2**31 - 1
+_too_large_logged: set = set()
+
+
+def _kernel_addressable(op: str, *tensors: torch.Tensor) -> bool:
+    """Whether every element of ``tensors`` (and of an output as large as one of them) lies within
+    the kernels' 32-bit offsets; if not, logged once per op and shapes, and the caller runs the
+    PyTorch reference (64-bit indexing) instead of wrapping around an offset."""
+    too_large = [tuple(t.shape) for t in tensors if t.numel() and max(
+        t.numel() - 1, sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride()))) > MAX_KERNEL_OFFSET]
+    if too_large and (op, *too_large) not in _too_large_logged:
+        _too_large_logged.add((op, *too_large))
+        log.warning("nvfp4::%s on a tensor of shape %s: beyond the Triton kernels' 32-bit element offsets "
+                    "(2^31 elements); running the PyTorch reference for it", op, too_large[0])
+    return not too_large
+
+
+def _fast_path_available(op: str, *tensors: torch.Tensor) -> bool:
+    """Whether ``op`` takes the Triton/cuBLASLt path for ``tensors`` (on one CUDA device): Triton
+    installed, not opted out (``NVFP4_COMPILE_REFERENCE_KERNELS=1``), every tensor addressable."""
+    if tensors[0].device.type != "cuda" or os.environ.get("NVFP4_COMPILE_REFERENCE_KERNELS") == "1":
         return False
-    return _triton_installed()
+    return _triton_installed() and _kernel_addressable(op, *tensors)
 
 
 def _quantize_cuda(x, format, block_rows, rounding, check, rht, values: bool, codes: bool):
     """``quantize`` (codes), ``quantize_values`` (BF16 values) or ``quantize_with_values`` (both) on CUDA."""
-    if format != "nvfp4" or not _fast_path_available(x.device):
+    if format != "nvfp4" or not _fast_path_available("quantize", x):
         reference = {(False, True): reference_quantize, (True, False): reference_quantize_values,
                      (True, True): reference_quantize_with_values}[values, codes]
         return reference(x, format, block_rows, rounding, check, rht)
@@ -357,7 +380,7 @@ def _(x, format, block_rows, rounding, check, rht=False):
 def _quantize_pair_cuda(x, format, rounding, rounding_t, rht_t, check, values: tuple[bool, bool]):
     """``quantize_pair`` on CUDA; ``values`` names the halves that come as BF16 values
     (``quantize_pair_values``)."""
-    fast = format == "nvfp4" and not check and _fast_path_available(x.device)
+    fast = format == "nvfp4" and not check and _fast_path_available("quantize_pair", x)
     # NVFP4_COMPILE_PAIR_KERNEL=1: one single-pass kernel for both (triton_quantize_pair): bit-identical
     # but slower on an H100 (bench/RESULTS.md): transposing and transforming a tile on chip costs
     # more instructions than the second read of x saves (not with FP16/FP32 + RHT). Codes only.
@@ -390,7 +413,7 @@ def _(x, format, rounding, rounding_t, rht_t, check, rows_as_values, cols_as_val
 
 @_cuda_kernel(rht)
 def _(x):
-    if x.dim() != 2 or not _fast_path_available(x.device):
+    if x.dim() != 2 or not _fast_path_available("rht", x):
         return reference_rht(x)
     from .kernels.triton_dequant import rht_to_bf16
 
@@ -402,7 +425,7 @@ def _(x):
 def _(codes, scale_bits, format):
     # NVFP4_COMPILE_TRITON_TRANSPOSE=0 takes the plain-PyTorch reference instead.
     opted_out = os.environ.get("NVFP4_COMPILE_TRITON_TRANSPOSE") == "0"
-    if format != "nvfp4" or opted_out or not _fast_path_available(codes.device):
+    if format != "nvfp4" or opted_out or not _fast_path_available("transpose_2d", codes, scale_bits):
         return _reference_transpose_2d(codes, scale_bits, format)
     from .kernels.triton_transpose import transpose_2d_nvfp4
 
@@ -426,7 +449,7 @@ def _(a_codes, a_scale_bits, a_scale, b_codes, b_scale_bits, b_scale, bias, form
     native = _sm100_gemm(a_codes, b_codes, out_dtype) if format == "nvfp4" else None
     if native is not None:  # raises CutlassDSLMissingError, naming the package, without cutlass-dsl
         return native.gemm_for_op(a_codes, a_scale_bits, a_scale, b_codes, b_scale_bits, b_scale, bias, out_dtype)
-    if format != "nvfp4" or not _fast_path_available(a_codes.device):
+    if format != "nvfp4" or not _fast_path_available("gemm", a_codes, b_codes):
         return reference_gemm(a_codes, a_scale_bits, a_scale, b_codes, b_scale_bits, b_scale, bias, format, out_dtype)
     from .kernels.triton_gemm import emulated_gemm
 
@@ -435,7 +458,7 @@ def _(a_codes, a_scale_bits, a_scale, b_codes, b_scale_bits, b_scale, bias, form
 
 @_cuda_kernel(dequantize)
 def _(codes, scale_bits, format):
-    if format != "nvfp4" or not _fast_path_available(codes.device):
+    if format != "nvfp4" or not _fast_path_available("dequantize", codes):
         return reference_dequantize(codes, scale_bits, format)
     from .kernels.triton_dequant import dequantize_to_bf16
 
@@ -444,7 +467,7 @@ def _(codes, scale_bits, format):
 
 @_cuda_kernel(gemm_values)
 def _(a, a_scale, b, b_scale, bias, out_dtype):
-    if not _fast_path_available(a.device):
+    if not _fast_path_available("gemm_values", a, b):
         return reference_gemm_values(a, a_scale, b, b_scale, bias, out_dtype)
     from .kernels.triton_gemm import emulated_gemm_values
 

@@ -32,3 +32,21 @@ def test_cpu_calls_still_refuse_to_differentiate():
                                torch.float32)
     with pytest.raises(RuntimeError, match="autograd"):
         out.sum().backward()
+
+
+def test_tensors_beyond_32_bit_offsets_take_the_reference_with_a_logged_reason(caplog):
+    """The Triton kernels index with 32-bit element offsets: a tensor with an element (or, through a
+    broadcast view, an output element) past 2^31 - 1 is refused, logged once with the op and shape."""
+    meta = dict(device="meta", dtype=torch.bfloat16)
+    assert ops._kernel_addressable("quantize", torch.empty(2**16, 2**15, **meta))  # last offset 2^31 - 1
+    with caplog.at_level("WARNING", logger="nvfp4_compile.ops"):
+        assert not ops._kernel_addressable("quantize", torch.empty(2**16, 2**15 + 16, **meta))
+        assert not ops._kernel_addressable("quantize", torch.empty(2**16, 2**15 + 16, **meta))
+        assert not ops._kernel_addressable("gemm", torch.empty(64, 16, **meta),
+                                           torch.empty(1, 16, **meta).expand(2**28, 16))  # 2^32 elements, 16 stored
+        wide = torch.empty(2**15 + 16, 2**16, **meta).t()  # a transposed view: offsets as large as the storage
+        assert not ops._kernel_addressable("quantize_pair", wide)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 3, messages  # once per op and shape
+    assert "nvfp4::quantize on a tensor of shape (65536, 32784)" in messages[0] and "reference" in messages[0]
+    assert "(268435456, 16)" in messages[1] and "nvfp4::quantize_pair" in messages[2]
