@@ -329,12 +329,23 @@ MAX_KERNEL_OFFSET = 2**31 - 1
 _too_large_logged: set = set()
 
 
+def _largest_offset(t: torch.Tensor) -> int:
+    """The largest element offset of ``t`` or of an output with as many elements (a broadcast view
+    stores fewer than it has); 2-D, the ops' case, without a loop (every op call pays for this)."""
+    n = t.numel()
+    if n == 0:
+        return 0
+    if t.dim() == 2:
+        (rows, cols), (row_stride, col_stride) = t.shape, t.stride()
+        return max(n - 1, (rows - 1) * abs(row_stride) + (cols - 1) * abs(col_stride))
+    return max(n - 1, sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride())))
+
+
 def _kernel_addressable(op: str, *tensors: torch.Tensor) -> bool:
     """Whether every element of ``tensors`` (and of an output as large as one of them) lies within
     the kernels' 32-bit offsets; if not, logged once per op and shapes, and the caller runs the
     PyTorch reference (64-bit indexing) instead of wrapping around an offset."""
-    too_large = [tuple(t.shape) for t in tensors if t.numel() and max(
-        t.numel() - 1, sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride()))) > MAX_KERNEL_OFFSET]
+    too_large = [tuple(t.shape) for t in tensors if _largest_offset(t) > MAX_KERNEL_OFFSET]
     if too_large and (op, *too_large) not in _too_large_logged:
         _too_large_logged.add((op, *too_large))
         log.warning("nvfp4::%s on a tensor of shape %s: beyond the Triton kernels' 32-bit element offsets "
