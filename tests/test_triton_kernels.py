@@ -276,13 +276,51 @@ def test_triton_quantize_equals_the_cpu_reference(dtype, block_rows, rht, transp
     assert s_dec.item() == ref.global_scale.item()
 
 
+def _philox_both_ways(device: str):
+    """``_philox`` (one 64-bit product per multiply) and ``tl.philox`` on the same counters and keys."""
+    from triton_probes import philox_both_ways
+
+    n = 1024
+    gen = torch.Generator().manual_seed(0)
+    c0 = torch.randint(-2**31, 2**31 - 1, (n,), generator=gen, dtype=torch.int32)
+    c1 = torch.randint(-2**31, 2**31 - 1, (n,), generator=gen, dtype=torch.int32)
+    c0[:4] = torch.tensor([0, 1, -1, 2**31 - 1])  # the edges of the counter's range
+    results = []
+    for seed in (0, 1, 2**31 - 1, 1234567):  # non-negative: the kernels' seeds come from randint(0, 2^31 - 1)
+        ours, tritons = (torch.empty(4 * n, dtype=torch.int32, device=device) for _ in range(2))
+        philox_both_ways[(1,)](torch.tensor([seed], dtype=torch.int32, device=device), c0.to(device), c1.to(device),
+                               ours, tritons, N=n)
+        results.append((ours.cpu(), tritons.cpu()))
+    return results
+
+
+@pytest.mark.skipif(not interpreter_usable(), reason="needs Triton and NumPy < 2.3 (Triton's CPU interpreter)")
+def test_philox_equals_tritons_under_the_interpreter():
+    code = f"""
+import sys, torch
+sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]
+from test_triton_kernels import _philox_both_ways
+print("equal:", all(torch.equal(a, b) for a, b in _philox_both_ways("cpu")))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "equal: True" in result.stdout
+
+
+@gpu
+def test_philox_equals_tritons_on_cuda():
+    for ours, tritons in _philox_both_ways("cuda"):
+        assert torch.equal(ours, tritons)
+
+
 @gpu
 def test_e4m3_hardware_conversion_equals_the_integer_rounding_on_every_kind_of_input():
     """``_e4m3_bits`` and ``_e4m3_value`` with ``HW_FP8`` (this GPU's conversions) against the
     integer arithmetic older GPUs use: FP32 patterns from 0 past the saturation point at a stride,
     every midpoint between neighbouring E4M3 values and the 3 FP32 values on each side of it
     (subnormal ones included), 448/464/480, Inf and NaN; and every E4M3 code decoded."""
-    from e4m3_kernels import e4m3_both_ways
+    from triton_probes import e4m3_both_ways
 
     from nvfp4_compile.kernels.triton_quantize import hardware_fp8
 

@@ -264,6 +264,35 @@ def _signed_scale(v, scale):
 
 
 @triton.jit
+def _mul_wide(a, M: tl.constexpr):
+    """``a * M`` (uint32) as its high and low 32 bits: one 64-bit product, one IMAD.WIDE.U32 where
+    ``umulhi`` and a separate multiply take two instructions."""
+    product = a.to(tl.uint64) * M
+    return (product >> 32).to(tl.uint32), product.to(tl.uint32)
+
+
+@triton.jit
+def _philox(key, c0, c1):
+    """Philox4x32-10 of the counter ``(c0, c1, 0, 0)`` under the key ``(key, 0)``: the bits of
+    ``tl.philox(key, c0, c1, 0, 0)`` for a non-negative int32 key, with each round's two products
+    computed as ``_mul_wide`` pairs (Salmon et al., SC'11: multipliers 0xD2511F53, 0xCD9E8D57,
+    key increments 0x9E3779B9, 0xBB67AE85)."""
+    c2 = tl.zeros_like(c0)
+    c3 = tl.zeros_like(c0)
+    k1 = tl.zeros_like(key)
+    for _ in tl.static_range(10):
+        hi_b, lo_b = _mul_wide(c2, 0xCD9E8D57)
+        hi_a, lo_a = _mul_wide(c0, 0xD2511F53)
+        c0 = hi_b ^ c1 ^ key
+        c2 = hi_a ^ c3 ^ k1
+        c1 = lo_b
+        c3 = lo_a
+        key = key + 0x9E3779B9
+        k1 = k1 + 0xBB67AE85
+    return c0, c1, c2, c3
+
+
+@triton.jit
 def _random_bits(seed_ptr, rows, k0, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     """``[BLOCK_R, BLOCK_K // 16, 16]`` rounding thresholds, uint32 ``u * 2^16 + 2^15`` for 16 random
     bits ``u``: a distance in 2^-32 steps (``_e2m1_sr``) exceeds one with probability equal to it,
@@ -274,7 +303,7 @@ def _random_bits(seed_ptr, rows, k0, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexp
     groups = k0 // 8 + tl.arange(0, BLOCK_K // 8)
     c0 = rows[:, None] + 0 * groups[None, :]
     c1 = groups[None, :] + 0 * rows[:, None]
-    r0, r1, r2, r3 = tl.philox(seed, c0, c1, 0 * c0, 0 * c0)
+    r0, r1, r2, r3 = _philox(seed.to(tl.uint32, bitcast=True), c0.to(tl.uint32), c1.to(tl.uint32))
     words = tl.join(tl.join(r0, r1), tl.join(r2, r3))  # uint32 [BLOCK_R, BLOCK_K // 8, 2, 2]
     halves = tl.join((words << 16) | 0x8000, (words & 0xFFFF0000) | 0x8000)  # low and high 16 bits
     return tl.reshape(halves, (BLOCK_R, BLOCK_K // 16, 16))
