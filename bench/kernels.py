@@ -81,9 +81,6 @@ def main(argv=None):
     parser.add_argument("--only", nargs="+", default=None, help="time only the kernels whose names contain one of these")
     parser.add_argument("--graphs", action="store_true",
                         help="time each case as a replayed CUDA graph (no host time in the rows: small shapes)")
-    parser.add_argument("--stages", type=int, nargs="+", default=None,
-                        help="also time the kernels with an amax or rht_transpose pass with each of these numbers "
-                             "of software-pipeline stages in those passes' loops")
     parser.add_argument("--programs-per-sm", type=int, nargs="+", default=None,
                         help="also time the kernels with their own amax pass and the RHT pairs with each of these "
                              "numbers of persistent programs per SM (amax, rht_transpose)")
@@ -136,13 +133,10 @@ def main(argv=None):
             tiles = [("", QuantizeTiles())]
             if args.sweep and passes == 2:
                 tiles += [(f" rht_pair={tuple(t)}", QuantizeTiles(rht_pair=t)) for t in SWEEP["rht_pair"][1:]]
-            caps = [None] + ([64, 80, 96] if args.sweep and passes == 2 else [])
-            for (suffix, t), cap in [(tile, None) for tile in tiles] + [(tiles[0], cap) for cap in caps[1:]]:
+            for suffix, t in tiles:
                 call = (lambda r, rt, v, t: lambda: quantize_pair_rht(x, r, rt, tiles=t, values=v))(r, rt, values, t)
                 call = mock.patch.object(triton_rht_transpose, "PAIR_PASSES", passes)(call)
-                call = mock.patch.object(triton_rht_transpose, "PAIR_MAXNREG", cap)(call)
-                label = suffix + (f" maxnreg={cap}" if cap else "")
-                cases[f"triton {name}, {passes} passes{label}"] = call
+                cases[f"triton {name}, {passes} passes{suffix}"] = call
     if not args.only:  # the older pair forms, transpose and peer rows
         pairs = {"X pair: 1x16 RNE + X^T RHT RNE": ("rne", "rne"), "dY pair: 1x16 SR + dY^T RHT SR": ("sr", "sr")}
         for name, (r, rt) in pairs.items():
@@ -172,17 +166,15 @@ def main(argv=None):
             cases["torchao nvfp4_quantize (compiled)"] = lambda: compiled_ao(x)
         except Exception as err:  # torchao missing or its API moved
             print(f"torchao peer not run: {err}")
-    # The persistent passes' knobs, each setting timed on the kernels that run such a pass.
+    # Programs per SM of the persistent passes, timed on the kernels that run such a pass.
     persistent = {"1x16 RNE": lambda: quantize_nvfp4(x, 1, "rne"),
                   "X^T RHT 1x16 RNE (wgrad)": lambda: quantize_nvfp4(x.t(), 1, "rne", rht=True),
                   "X pair (X values, RHT(X^T) codes)": lambda: quantize_pair_rht(x, "rne", "rne", values=(True, False)),
                   "dY pair (SR, values both ways)": lambda: quantize_pair_rht(x, "sr", "sr", values=(True, True))}
-    for attr, settings, unit in (("PROGRAMS_PER_SM", args.programs_per_sm, "programs/SM"),
-                                 ("PERSISTENT_STAGES", args.stages, "stages")):
-        for value in settings or ():
-            setting = mock.patch.object(triton_quantize, attr, value)
-            for name, fn in persistent.items():
-                cases[f"triton {name}, {value} {unit}"] = setting(fn)
+    for per_sm in args.programs_per_sm or ():
+        with_programs = mock.patch.object(triton_quantize, "PROGRAMS_PER_SM", per_sm)
+        for name, fn in persistent.items():
+            cases[f"triton {name}, {per_sm} programs/SM"] = with_programs(fn)
     rows = []
     for name, fn in cases.items():
         print(f"timing {name}", flush=True)

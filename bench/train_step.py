@@ -83,8 +83,7 @@ def profile(name: str, step, rows: int = 30) -> None:
 
 VARIANT_ENV = {"codes": ("NVFP4_COMPILE_BF16_OPERANDS", "0")}
 #: Variants that set a module attribute: (module, attribute, value).
-VARIANT_ATTR = {"two-pass": ("nvfp4_compile.kernels.triton_rht_transpose", "PAIR_PASSES", 2),
-                **{f"stages{n}": ("nvfp4_compile.kernels.triton_quantize", "PERSISTENT_STAGES", n) for n in (1, 2, 3)}}
+VARIANT_ATTR = {"two-pass": ("nvfp4_compile.kernels.triton_rht_transpose", "PAIR_PASSES", 2)}
 
 
 def run(name: str, config: dict, steps: int, device: str, profile_steps: bool = False) -> dict:
@@ -92,8 +91,7 @@ def run(name: str, config: dict, steps: int, device: str, profile_steps: bool = 
     ``plain-host`` the host-time savings of the NVFP4 ops (cached Triton launches, the autograd
     fallthrough), ``codes`` the BF16 operands written by the quantizers (every GEMM operand
     dequantized from FP4 codes, ``NVFP4_COMPILE_BF16_OPERANDS=0``), ``two-pass`` the RHT pairs
-    in two passes, the amaxes then both quantizations from one read (``PAIR_PASSES = 2``), ``stagesN``
-    the persistent passes' loops (amax, ``rht_transpose``) pipelined in N stages."""
+    in two passes, the amaxes then both quantizations from one read (``PAIR_PASSES = 2``)."""
 
     from nvfp4_compile import ops
     from nvfp4_compile.kernels import launch

@@ -140,12 +140,11 @@ def _amax_bits(key):
 
 @triton.jit
 def _amax_kernel(x_ptr, amax_bits_ptr, R, K, stride_r, stride_k, tiles_k, n_tiles, RHT: tl.constexpr,
-                 TRANSPOSED: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, EVEN: tl.constexpr,
-                 STAGES: tl.constexpr = None):
+                 TRANSPOSED: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, EVEN: tl.constexpr):
     """Persistent: each program folds tiles ``pid, pid + programs, ...`` into a register maximum,
     then one atomic. ``EVEN``: the tiles cover the tensor exactly, so no load is masked."""
     acc = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.uint32)
-    for t in tl.range(tl.program_id(0), n_tiles, tl.num_programs(0), num_stages=STAGES):
+    for t in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
         x, rows, cols = _load_tile(x_ptr, (t // tiles_k) * BLOCK_R, (t % tiles_k) * BLOCK_K, R, K,
                                    stride_r, stride_k, RHT, TRANSPOSED, BLOCK_R, BLOCK_K, EVEN)
         acc = tl.maximum(acc, _amax_key(x))
@@ -409,12 +408,6 @@ RHT_TILE = 64  # K-extent (tokens) of the RHT tiles of the pair and dequantize k
 #: --programs-per-sm`` times others.
 PROGRAMS_PER_SM = 4
 
-#: Software-pipeline stages of the persistent kernels' loops (``tl.range(num_stages=...)``: with
-#: 2 or more, the next tiles' loads go to shared memory asynchronously while this one is reduced).
-#: None: Triton's choice (the amax loop unpipelined; ``rht_transpose``'s, which holds a product,
-#: in 3 stages). ``bench/kernels.py --stages`` times others.
-PERSISTENT_STAGES = None
-
 
 def _programs(device) -> int:
     """How many programs a persistent kernel launches: a few per SM."""
@@ -550,7 +543,7 @@ def quantize_nvfp4(x: torch.Tensor, block_rows: int = 1, rounding: str = "rne", 
         _AMAX[(programs,)](
             src, amax_bits, src.shape[0], src.shape[1], src.stride(0), src.stride(1), tiles_k, n_tiles,
             RHT=rht, TRANSPOSED=transposed and rht, BLOCK_R=ar, BLOCK_K=ak,
-            EVEN=src.shape[0] % ar == 0 and src.shape[1] % ak == 0, STAGES=PERSISTENT_STAGES, num_warps=amax_warps)
+            EVEN=src.shape[0] % ar == 0 and src.shape[1] % ak == 0, num_warps=amax_warps)
     sr = rounding == "sr"
     if block_rows == 16:
         qr, qk, warps = tiles.two_d

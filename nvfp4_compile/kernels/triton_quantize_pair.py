@@ -21,7 +21,8 @@ import triton
 import triton.language as tl
 
 from .launch import cdiv
-from .triton_quantize import RHT_TILE, _finite_abs, _programs, _quantize_tile, _rht_tile, hardware_fp8
+from . import triton_quantize
+from .triton_quantize import RHT_TILE, _finite_abs, _programs, _quantize_tile, _rht_tile
 
 
 @triton.jit
@@ -138,5 +139,5 @@ def quantize_pair_nvfp4(x: torch.Tensor, rounding: str = "rne", rounding_t: str 
         x, codes, scales, s_dec, codes_t, scales_t, s_dec_t, amax_bits, seeds, R, K, Rp, Kp,
         x.stride(0), x.stride(1), codes.stride(0), scales.stride(0), codes_t.stride(0),
         scales_t.stride(0), RHT_T=rht_t, SR=rounding == "sr", SR_T=rounding_t == "sr", BLOCK_R=br, BLOCK_K=tiles.quantize_k,
-        HW_FP8=hardware_fp8(dev), num_warps=tiles.quantize_warps)
+        HW_FP8=triton_quantize.hardware_fp8(dev), num_warps=tiles.quantize_warps)
     return codes, scales, s_dec, codes_t, scales_t, s_dec_t

@@ -46,12 +46,12 @@ def _rht_along_tokens(x, ht, BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr):
 @triton.jit
 def _rht_transpose_kernel(x_ptr, y_ptr, amax_bits_ptr, T, F, stride_t, stride_f, y_stride, tiles_f, n_tiles,
                           X_AMAX: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, EVEN: tl.constexpr,
-                          STORE_Y: tl.constexpr = True, STAGES: tl.constexpr = None):
+                          STORE_Y: tl.constexpr = True):
     """``STORE_Y=False``: the amaxes only (the first pass of ``_rht_pair_kernel``)."""
     ht = _rht_matrix_per_run(BLOCK_T)
     acc = tl.zeros((BLOCK_T, BLOCK_F), dtype=tl.uint32)
     acc_x = tl.zeros((BLOCK_T, BLOCK_F), dtype=tl.uint32)
-    for tile in tl.range(tl.program_id(0), n_tiles, tl.num_programs(0), num_stages=STAGES):
+    for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
         tokens = (tile // tiles_f) * BLOCK_T + tl.arange(0, BLOCK_T)
         features = (tile % tiles_f) * BLOCK_F + tl.arange(0, BLOCK_F)
         x_ptrs = x_ptr + tokens[:, None] * stride_t + features[None, :] * stride_f
@@ -144,7 +144,7 @@ def _rht_amaxes(x: torch.Tensor, tile: Tile, x_amax: bool, y: torch.Tensor | Non
     _RHT_TRANSPOSE[(programs,)](x, x if y is None else y, amax_bits, T, F, x.stride(0), x.stride(1),
                                 0 if y is None else y.stride(0), tiles_f, n_tiles, X_AMAX=x_amax, BLOCK_T=block_t,
                                 BLOCK_F=block_f, EVEN=T % block_t == 0 and F % block_f == 0, STORE_Y=y is not None,
-                                STAGES=triton_quantize.PERSISTENT_STAGES, num_warps=num_warps)
+                                num_warps=num_warps)
     return amax_bits
 
 
@@ -156,10 +156,6 @@ def _rht_amaxes(x: torch.Tensor, tile: Tile, x_amax: bool, y: torch.Tensor | Non
 #: ``bench/kernels.py`` times both.
 PAIR_PASSES = 3
 
-#: A register cap for ``_rht_pair_kernel`` (``maxnreg``; None: the compiler's choice, 96 for the X
-#: pair's 64x64 tile and 122 for dY's, which bounds the warps an SM holds). ``bench/kernels.py
-#: --sweep`` times caps.
-PAIR_MAXNREG = None
 
 
 def quantize_pair_rht(x: torch.Tensor, rounding: str = "rne", rounding_t: str = "rne",
@@ -200,8 +196,7 @@ def quantize_pair_rht(x: torch.Tensor, rounding: str = "rne", rounding_t: str = 
         b.stride(0), b_scales.stride(0) if not values[1] else 0, b.stride(0),
         SR=rounding == "sr", SR_T=rounding_t == "sr", VALUES=values[0], VALUES_T=values[1], BLOCK_T=block_t,
         BLOCK_F=block_f, EVEN=T % block_t == 0 and F % block_f == 0, HW_FP8=triton_quantize.hardware_fp8(dev),
-        num_warps=warps,
-        **({} if PAIR_MAXNREG is None else {"maxnreg": PAIR_MAXNREG}))
+        num_warps=warps)
     return (*outs[0], *outs[1])
 
 
