@@ -14,6 +14,7 @@ import torch
 
 import nvfp4_compile as nc
 from conftest import golden_cases
+from nvfp4_compile.formats import e2m1_rne
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -312,6 +313,54 @@ print("equal:", all(torch.equal(a, b) for a, b in _philox_both_ways("cpu")))
 def test_philox_equals_tritons_on_cuda():
     for ours, tritons in _philox_both_ways("cuda"):
         assert torch.equal(ours, tritons)
+
+
+def _e2m1_both_ways(device: str):
+    """The E2M1 magnitude helpers the values kernels use against the codes they shortcut, and the
+    RNE code against the reference's (``formats.e2m1_rne``), on FP32 patterns from 0 to 8 at a
+    stride, every grid point, midpoint and their FP32 neighbours, both signs, and SR thresholds
+    drawn at random (with the distances equal to a threshold). Returns pairs that must be equal."""
+    from triton_probes import e2m1_both_ways
+
+    gen = torch.Generator().manual_seed(0)
+    stride = torch.arange(0, 0x41000000, 997, dtype=torch.int32).view(torch.float32)
+    grid = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+    marks = torch.cat([grid, (grid[1:] + grid[:-1]) / 2, torch.tensor([0.25, 5.0, 7.0, 6.5, 1e-30, 1e-40])])
+    bits = marks.view(torch.int32)
+    near = torch.cat([bits - 1, bits, bits + 1]).clamp(min=0).view(torch.float32)
+    v = torch.cat([stride, near, torch.tensor([float("inf")])])
+    v = torch.cat([v, -v])
+    r = (torch.randint(0, 2**16, v.shape, generator=gen, dtype=torch.int64) * 65536 + 32768)
+    # Distances equal to a threshold: low 22 bits of |v| (of 1 + |v| below 1) shifted by 10 == r.
+    a = v.abs().clamp(max=6.0)
+    low22 = torch.where(a < 1, a + 1, a).view(torch.int32).to(torch.int64) & 0x3FFFFF
+    r[::3] = (low22[::3] << 10) & 0xFFFFFFFF
+    r = torch.where(r >= 2**31, r - 2**32, r).to(torch.int32)  # the uint32 bits
+    n = v.numel()
+    outs = [torch.empty(n, dtype=torch.int32, device=device) for _ in range(5)]
+    e2m1_both_ways[((n + 4095) // 4096,)](v.to(device), r.to(device), *outs, n, BLOCK=4096)
+    rne, rne_code, sr, sr_code, code = (o.cpu() for o in outs)
+    return {"rne": (rne, rne_code), "sr": (sr, sr_code), "code": (code, e2m1_rne(v).to(torch.int32))}
+
+
+@pytest.mark.skipif(not interpreter_usable(), reason="needs Triton and NumPy < 2.3 (Triton's CPU interpreter)")
+def test_e2m1_helpers_equal_the_codes_and_the_reference_under_the_interpreter():
+    code = f"""
+import sys, torch
+sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]
+from test_triton_kernels import _e2m1_both_ways
+print("equal:", {{name: torch.equal(*pair) for name, pair in _e2m1_both_ways("cpu").items()}})
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "equal: {'rne': True, 'sr': True, 'code': True}" in result.stdout, result.stdout
+
+
+@gpu
+def test_e2m1_helpers_equal_the_codes_and_the_reference_on_cuda():
+    for name, (ours, want) in _e2m1_both_ways("cuda").items():
+        assert torch.equal(ours, want), name
 
 
 @gpu

@@ -1,11 +1,12 @@
 """Triton kernels that run the quantize kernels' helpers beside what they must equal, for
 tests/test_triton_kernels.py: the E4M3 helpers both ways (hardware conversion, integer rounding),
-and ``_philox`` beside ``tl.philox``. Imported only where Triton is installed."""
+``_philox`` beside ``tl.philox``, and the E2M1 magnitude helpers beside the codes they shortcut. Imported only where Triton is installed."""
 
 import triton
 import triton.language as tl
 
-from nvfp4_compile.kernels.triton_quantize import _e4m3_bits, _e4m3_value, _philox
+from nvfp4_compile.kernels.triton_quantize import (_e2m1_rne, _e2m1_rne_magnitude, _e2m1_sr, _e2m1_sr_magnitude,
+                                                   _e2m1_value, _e4m3_bits, _e4m3_value, _philox)
 
 
 @triton.jit
@@ -33,3 +34,18 @@ def philox_both_ways(seed_ptr, c0_ptr, c1_ptr, ours_ptr, tritons_ptr, N: tl.cons
     for w in tl.static_range(4):
         tl.store(ours_ptr + w * N + i, ours[w].to(tl.int32, bitcast=True))
         tl.store(tritons_ptr + w * N + i, tritons[w].to(tl.int32, bitcast=True))
+
+
+@triton.jit
+def e2m1_both_ways(v_ptr, r_ptr, rne_ptr, rne_code_ptr, sr_ptr, sr_code_ptr, code_ptr, n, BLOCK: tl.constexpr):
+    """Per value: ``_e2m1_rne_magnitude`` and ``|_e2m1_value(_e2m1_rne)|``, ``_e2m1_sr_magnitude``
+    and ``|_e2m1_value(_e2m1_sr)|`` with the thresholds ``r``, as FP32 bits; the code ``_e2m1_rne``."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    inside = offs < n
+    v = tl.load(v_ptr + offs, mask=inside, other=0.0)
+    r = tl.load(r_ptr + offs, mask=inside, other=0).to(tl.uint32, bitcast=True)
+    tl.store(rne_ptr + offs, _e2m1_rne_magnitude(v).to(tl.int32, bitcast=True), mask=inside)
+    tl.store(rne_code_ptr + offs, tl.abs(_e2m1_value(_e2m1_rne(v))).to(tl.int32, bitcast=True), mask=inside)
+    tl.store(sr_ptr + offs, _e2m1_sr_magnitude(v, r).to(tl.int32, bitcast=True), mask=inside)
+    tl.store(sr_code_ptr + offs, tl.abs(_e2m1_value(_e2m1_sr(v, r))).to(tl.int32, bitcast=True), mask=inside)
+    tl.store(code_ptr + offs, _e2m1_rne(v), mask=inside)

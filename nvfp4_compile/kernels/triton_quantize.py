@@ -194,19 +194,27 @@ def _e2m1_value(code):
 
 
 @triton.jit
+def _e2m1_binade_and_sum(a):
+    """``a`` in [0, 6] -> (the FP32 bits of ``max(2^e, 1)``, ``2^e`` the binade of ``a``; the FP32
+    bits of ``a + c``, ``c = 1.5 * 2^22 * max(2^e, 1)``). The ulp of ``c`` is the E2M1 grid step
+    there (0.5 below 2, 1 in [2, 4), 2 in [4, 6]), so that one addition rounds ``a`` to the grid,
+    ties to the even multiple of the step, which is the even code (codes count steps: 0.5 = 1,
+    1.0 = 2, 1.5 = 3; 2 = 4, 3 = 5; 4 = 6, 6 = 7). The sum stays in ``c``'s binade. No
+    float-to-integer conversion (a quarter-rate instruction on Hopper)."""
+    binade = tl.maximum((a.to(tl.int32, bitcast=True) & 0x7F800000).to(tl.float32, bitcast=True), 1.0)
+    return binade.to(tl.int32, bitcast=True), (a + binade * 6291456.0).to(tl.int32, bitcast=True)
+
+
+@triton.jit
 def _e2m1_rne(v):
     """Round to the nearest E2M1 code, ties to the even code, saturating at 6; sign in bit 3.
 
-    No float-to-integer conversion (a quarter-rate instruction on Hopper): on ``[0, 1)`` the grid
-    step is 0.5, and adding ``1.5 * 2^22`` (whose ulp is 0.5) rounds to it, ties to even, in one
-    FP32 addition whose ulp count is the code; on ``[1, 6]`` E2M1 is a float with one mantissa
-    bit, so rounding the FP32 bits at bit 22 (ties to even) leaves the code in the exponent and
-    that bit (``1.0`` -> 254 -> code 2)."""
+    With ``_e2m1_binade_and_sum``: the sum is ``k`` ulps above ``c`` (bits of the sum less those
+    of ``c``, which are the binade's plus 22 in the exponent and 0x400000), and the code is ``k``
+    plus two per binade above 1 (``2 log2(2^e)``: the binade's bits shifted by 22, less 254)."""
     a = tl.minimum(tl.abs(v), 6.0)
-    below_one = (a + 6291456.0).to(tl.int32, bitcast=True) - 0x4AC00000
-    b = a.to(tl.int32, bitcast=True)
-    from_one = (b + (0x1FFFFF - (252 << 22)) + ((b >> 22) & 1)) >> 22  # rebias by 252 before the shift
-    code = tl.where(a < 1.0, below_one, from_one)
+    binade, total = _e2m1_binade_and_sum(a)
+    code = total - binade - ((22 << 23) + 0x400000 + 254) + (binade >> 22)
     return code | tl.where(v < 0, 8, 0)
 
 
@@ -229,29 +237,26 @@ def _e2m1_sr(v, r):
 
 @triton.jit
 def _e2m1_rne_magnitude(v):
-    """``|_e2m1_value(_e2m1_rne(v))|`` without the code: the same two roundings, kept as floats
-    (below 1 the addition's result minus the constant; from 1 the rounded bits with the 22 bits
-    below the kept mantissa bit cleared). The caller applies the sign (``_signed_scale``)."""
+    """``|_e2m1_value(_e2m1_rne(v))|`` without the code: the sum of ``_e2m1_binade_and_sum`` less
+    ``c`` (exact). The caller applies the sign (``_signed_scale``)."""
     a = tl.minimum(tl.abs(v), 6.0)
-    below_one = (a + 6291456.0) - 6291456.0
-    b = a.to(tl.int32, bitcast=True)
-    from_one = ((b + 0x1FFFFF + ((b >> 22) & 1)) & -4194304).to(tl.float32, bitcast=True)
-    return tl.where(a < 1.0, below_one, from_one)
+    binade, total = _e2m1_binade_and_sum(a)
+    return total.to(tl.float32, bitcast=True) - binade.to(tl.float32, bitcast=True) * 6291456.0
 
 
 @triton.jit
 def _e2m1_sr_magnitude(v, r):
-    """``|_e2m1_value(_e2m1_sr(v, r))|`` without the code: the grid point below (the bits of ``1 + a``
-    or of ``a`` with the 22 bits under the kept mantissa bit cleared), plus one grid step when the
-    cleared bits exceed ``r``, as in ``_e2m1_sr``."""
+    """``|_e2m1_value(_e2m1_sr(v, r))|`` without the code, with ``_e2m1_sr``'s decision: ``t``, the
+    bits of ``a`` (or of ``1 + a`` below 1, where the step is 0.5), holds the grid point below in
+    bits 22 and up and the distance from it in the 22 bits below; one step up is ``2^22`` added
+    to ``t`` (a carry into the exponent lands on the next binade's first point, as the grid
+    does). The grid point is ``t`` with the 22 bits cleared, less the 1 added below 1."""
     a = tl.minimum(tl.abs(v), 6.0)
     small = a < 1.0
-    b = a.to(tl.int32, bitcast=True)
-    t = tl.where(small, (a + 1.0).to(tl.int32, bitcast=True), b)
-    below = (t & -4194304).to(tl.float32, bitcast=True)
-    below = tl.where(small, below - 1.0, below)
-    step = tl.where(small, 0.5, ((b & 0x7F800000) - 0x800000).to(tl.float32, bitcast=True))
-    return tl.where((t << 10).to(tl.uint32, bitcast=True) > r, below + step, below)
+    t = tl.where(small, (a + 1.0).to(tl.int32, bitcast=True), a.to(tl.int32, bitcast=True))
+    t = tl.where((t << 10).to(tl.uint32, bitcast=True) > r, t + 0x400000, t)
+    point = (t & -4194304).to(tl.float32, bitcast=True)
+    return tl.where(small, point - 1.0, point)
 
 
 @triton.jit
@@ -264,10 +269,16 @@ def _signed_scale(v, scale):
 
 @triton.jit
 def _mul_wide(a, M: tl.constexpr):
-    """``a * M`` (uint32) as its high and low 32 bits: one 64-bit product, one IMAD.WIDE.U32 where
-    ``umulhi`` and a separate multiply take two instructions."""
-    product = a.to(tl.uint64) * M
-    return (product >> 32).to(tl.uint32), product.to(tl.uint32)
+    """``a * M`` (uint32) as its high and low 32 bits: one ``mul.wide.u32`` (IMAD.WIDE.U32) where
+    ``umulhi`` and a separate multiply take two instructions. Written in PTX on the GPU: from a
+    ``uint32 -> uint64`` product LLVM keeps the 32-bit form for one Philox multiplier but widens
+    the other's operand through the round's XORs into a 64-bit multiply (an extra IMAD and add)."""
+    if _INTERPRETED:
+        product = a.to(tl.uint64) * M
+        return (product >> 32).to(tl.uint32), product.to(tl.uint32)
+    return tl.inline_asm_elementwise(
+        "{ .reg .b64 p; mul.wide.u32 p, $2, $3; mov.b64 {$1, $0}, p; }", "=r,=r,r,r",
+        [a, tl.full(a.shape, M, tl.uint32)], dtype=(tl.uint32, tl.uint32), is_pure=True, pack=1)
 
 
 @triton.jit
