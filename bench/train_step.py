@@ -83,7 +83,8 @@ def profile(name: str, step, rows: int = 30) -> None:
 
 VARIANT_ENV = {"codes": ("NVFP4_COMPILE_BF16_OPERANDS", "0")}
 #: Variants that set a module attribute: (module, attribute, value).
-VARIANT_ATTR = {"two-pass": ("nvfp4_compile.kernels.triton_rht_transpose", "PAIR_PASSES", 2)}
+VARIANT_ATTR = {"two-pass": ("nvfp4_compile.kernels.triton_rht_transpose", "PAIR_PASSES", 2),
+                "three-pass": ("nvfp4_compile.kernels.triton_rht_transpose", "PAIR_PASSES", 3)}
 
 
 def run(name: str, config: dict, steps: int, device: str, profile_steps: bool = False) -> dict:
@@ -91,7 +92,8 @@ def run(name: str, config: dict, steps: int, device: str, profile_steps: bool = 
     ``plain-host`` the host-time savings of the NVFP4 ops (cached Triton launches, the autograd
     fallthrough), ``codes`` the BF16 operands written by the quantizers (every GEMM operand
     dequantized from FP4 codes, ``NVFP4_COMPILE_BF16_OPERANDS=0``), ``two-pass`` the RHT pairs
-    in two passes, the amaxes then both quantizations from one read (``PAIR_PASSES = 2``)."""
+    in two passes, the amaxes then both quantizations from one read (``PAIR_PASSES = 2``; by
+    default only dY's pair takes two), ``three-pass`` every pair in three (``PAIR_PASSES = 3``)."""
 
     from nvfp4_compile import ops
     from nvfp4_compile.kernels import launch

@@ -531,6 +531,28 @@ def test_quantize_pair_on_cuda_equals_the_reference(single_pass, shape, dtype, r
 
 
 @gpu
+def test_rht_pair_two_passes_give_the_three_pass_bits_where_the_rht_sums_are_inexact():
+    """Runs whose 16 tokens span 2^-60..2^60, so the transform's FP32 sums round (outside the
+    reference's exact domain): both forms still compute each output from the same products by the
+    same tensor-core product (``_rht_tile`` on the transposed tile), so their bits agree."""
+    from nvfp4_compile.kernels import triton_rht_transpose
+
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(256, 128, generator=gen) * 2.0 ** torch.randint(-60, 61, (256, 128), generator=gen)
+    x = x.bfloat16().cuda()
+    results = {}
+    for passes in (2, 3):
+        triton_rht_transpose.PAIR_PASSES = passes
+        try:
+            torch.manual_seed(5)
+            results[passes] = triton_rht_transpose.quantize_pair_rht(x, "sr", "rne", values=(False, True))
+        finally:
+            triton_rht_transpose.PAIR_PASSES = None
+    for got, want in zip(results[2], results[3]):
+        assert torch.equal(got.view(torch.uint8), want.view(torch.uint8))
+
+
+@gpu
 @pytest.mark.parametrize("shape", [(512, 384), (336, 208), (64, 16)])  # the second leaves partial tiles both ways
 @pytest.mark.parametrize("rounding, rounding_t, values", [("rne", "rne", (False, False)), ("rne", "rne", (True, False)),
                                                           ("sr", "sr", (True, True)), ("sr", "rne", (False, True))])
