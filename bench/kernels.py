@@ -137,9 +137,6 @@ def main(argv=None):
                 call = (lambda r, rt, v, t: lambda: quantize_pair_rht(x, r, rt, tiles=t, values=v))(r, rt, values, t)
                 call = mock.patch.object(triton_rht_transpose, "PAIR_PASSES", passes)(call)
                 cases[f"triton {name}, {passes} passes{suffix}"] = call
-                if passes == 3 and not suffix:  # rht_transpose with the batched left product
-                    cases[f"triton {name}, 3 passes, RHT as the left product"] = mock.patch.object(
-                        triton_rht_transpose, "RHT_LEFT_PRODUCT", True)(call)
     if not args.only:  # the older pair forms, transpose and peer rows
         pairs = {"X pair: 1x16 RNE + X^T RHT RNE": ("rne", "rne"), "dY pair: 1x16 SR + dY^T RHT SR": ("sr", "sr")}
         for name, (r, rt) in pairs.items():

@@ -21,8 +21,7 @@ import triton.language as tl
 from . import triton_quantize
 from .launch import cdiv, fast_launch
 from .triton_quantize import (DEFAULT_TILES, _INTERPRETED, QuantizeTiles, Tile, _amax_bits, _amax_key, _programs,
-                              _quantize_tile, _rht_matrix, _rht_tile, _round_to_bf16,
-                              quantize_nvfp4)
+                              _quantize_tile, _rht_matrix, _round_to_bf16, quantize_nvfp4)
 
 
 @triton.jit
@@ -47,18 +46,16 @@ def _rht_along_tokens(x, ht, BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr):
 @triton.jit
 def _rht_transpose_kernel(x_ptr, y_ptr, amax_bits_ptr, T, F, stride_t, stride_f, y_stride, tiles_f, n_tiles,
                           X_AMAX: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, EVEN: tl.constexpr,
-                          STORE_Y: tl.constexpr = True, LEFT: tl.constexpr = False):
-    """``STORE_Y=False``: the amaxes only (the first pass of ``_rht_pair_kernel``). ``LEFT``: the
-    transform as the left product ``H^T @ run`` (``_rht_along_tokens``), else ``x^T`` then the
-    right product (``_rht_tile``, as ``_rht_pair_kernel`` computes it)."""
+                          STORE_Y: tl.constexpr = True):
+    """``STORE_Y=False``: the amaxes only (the first pass of ``_rht_pair_kernel``)."""
     ht = _rht_matrix_per_run(BLOCK_T)
-    acc = tl.zeros((BLOCK_F, BLOCK_T), dtype=tl.uint32)
+    acc = tl.zeros((BLOCK_T, BLOCK_F), dtype=tl.uint32)
     acc_x = tl.zeros((BLOCK_T, BLOCK_F), dtype=tl.uint32)
     for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
         tokens = (tile // tiles_f) * BLOCK_T + tl.arange(0, BLOCK_T)
         features = (tile % tiles_f) * BLOCK_F + tl.arange(0, BLOCK_F)
         x_ptrs = x_ptr + tokens[:, None] * stride_t + features[None, :] * stride_f
-        y_ptrs = y_ptr + features[:, None] * y_stride + tokens[None, :]
+        y_ptrs = y_ptr + features[None, :] * y_stride + tokens[:, None]
         if EVEN:  # the tiles cover x exactly: nothing masked
             x = tl.load(x_ptrs)
         else:
@@ -66,16 +63,13 @@ def _rht_transpose_kernel(x_ptr, y_ptr, amax_bits_ptr, T, F, stride_t, stride_f,
             x = tl.load(x_ptrs, mask=mask, other=0.0)
         if X_AMAX:  # the amax of x itself, for its rowwise quantization: no second read of x
             acc_x = tl.maximum(acc_x, _amax_key(x.to(tl.float32)))
-        if LEFT:
-            yt = tl.trans(_rht_along_tokens(x, ht, BLOCK_T, BLOCK_F))
-        else:
-            yt = _rht_tile(tl.trans(x), BLOCK_F, BLOCK_T)
-        acc = tl.maximum(acc, _amax_key(yt))
+        y = _rht_along_tokens(x, ht, BLOCK_T, BLOCK_F)
+        acc = tl.maximum(acc, _amax_key(y))
         if STORE_Y:
             if EVEN:
-                tl.store(y_ptrs, yt.to(tl.bfloat16))
+                tl.store(y_ptrs, y.to(tl.bfloat16))
             else:
-                tl.store(y_ptrs, yt.to(tl.bfloat16), mask=tl.trans(mask))
+                tl.store(y_ptrs, y.to(tl.bfloat16), mask=mask)
     tl.atomic_max(amax_bits_ptr, _amax_bits(tl.max(tl.max(acc, axis=1), axis=0)))
     if X_AMAX:
         tl.atomic_max(amax_bits_ptr + 1, _amax_bits(tl.max(tl.max(acc_x, axis=1), axis=0)))
@@ -108,8 +102,8 @@ def _rht_pair_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, codes_t_ptr, scal
     s_dec = _quantize_tile(x.to(tl.float32), tokens, f0, T, F, amax, seed_ptr, codes_ptr, scales_ptr, codes_stride,
                            scales_stride, values_ptr, values_stride, False, SR, BLOCK_T, BLOCK_F, not VALUES, VALUES,
                            EVEN, HW_FP8)
-    yt = _rht_tile(tl.trans(x), BLOCK_F, BLOCK_T)
-    s_dec_t = _quantize_tile(yt, features, t0, F, T, amax_t, seed_ptr + 1, codes_t_ptr, scales_t_ptr,
+    y = _rht_along_tokens(x, _rht_matrix_per_run(BLOCK_T), BLOCK_T, BLOCK_F)
+    s_dec_t = _quantize_tile(tl.trans(y), features, t0, F, T, amax_t, seed_ptr + 1, codes_t_ptr, scales_t_ptr,
                              codes_t_stride, scales_t_stride, values_t_ptr, values_t_stride, False, SR_T, BLOCK_F,
                              BLOCK_T, not VALUES_T, VALUES_T, EVEN, HW_FP8)
     if tl.program_id(0) == 0 and tl.program_id(1) == 0:
@@ -150,13 +144,9 @@ def _rht_amaxes(x: torch.Tensor, tile: Tile, x_amax: bool, y: torch.Tensor | Non
     _RHT_TRANSPOSE[(programs,)](x, x if y is None else y, amax_bits, T, F, x.stride(0), x.stride(1),
                                 0 if y is None else y.stride(0), tiles_f, n_tiles, X_AMAX=x_amax, BLOCK_T=block_t,
                                 BLOCK_F=block_f, EVEN=T % block_t == 0 and F % block_f == 0, STORE_Y=y is not None,
-                                LEFT=RHT_LEFT_PRODUCT, num_warps=num_warps)
+                                num_warps=num_warps)
     return amax_bits
 
-
-#: ``rht_transpose`` as the left product (``H^T @ run``, batched) instead of the right one on the
-#: transposed tile, which ``_rht_pair_kernel`` uses; a measurement knob (bench/kernels.py).
-RHT_LEFT_PRODUCT = False
 
 #: How ``quantize_pair_rht`` runs: 3 passes (``rht_transpose`` writing ``RHT(x^T)`` in BF16, then
 #: the rowwise kernel on x and on that) or 2 (the amaxes, then ``_rht_pair_kernel``: x read twice
