@@ -155,15 +155,16 @@ def _rht_amaxes(x: torch.Tensor, tile: Tile, x_amax: bool, y: torch.Tensor | Non
 PAIR_PASSES: int | None = None
 
 
-def pair_passes(rounding: str, rounding_t: str) -> int:
+def pair_passes(rounding: str, rounding_t: str, values: tuple[bool, bool]) -> int:
     """The passes ``quantize_pair_rht`` takes (``PAIR_PASSES`` where set). Measured on an H100
-    (bench/RESULTS.md, eighth cut): two for SR both ways (dY's pair: 0.299 against 0.310 ms at
-    8192x8192, 0.082 against 0.085 at 8192x2048), three otherwise (X's pair: 0.282 against 0.293,
-    0.073 against 0.078). The second pass is bound by instructions; it wins where it saves the
-    most bytes, dY's pair, whose two outputs are both BF16 values (8 bytes a value against 12)."""
+    (bench/RESULTS.md, eighth cut): two for dY's pair as the training step runs it, SR and BF16
+    values both ways (0.298 against 0.310 ms at 8192x8192, 0.082 against 0.085 at 8192x2048),
+    three otherwise (X's pair, values and codes: 0.282 against 0.292; SR codes both ways: 0.321
+    against 0.491). The second pass is bound by instructions; it wins only where it saves the
+    most bytes, two BF16 outputs (8 bytes a value against 12)."""
     if PAIR_PASSES is not None:
         return PAIR_PASSES
-    return 2 if rounding == rounding_t == "sr" else 3
+    return 2 if rounding == rounding_t == "sr" and all(values) else 3
 
 
 def quantize_pair_rht(x: torch.Tensor, rounding: str = "rne", rounding_t: str = "rne",
@@ -182,7 +183,7 @@ def quantize_pair_rht(x: torch.Tensor, rounding: str = "rne", rounding_t: str = 
     seeds = None
     if "sr" in (rounding, rounding_t):  # one draw for both (host time: every launch counts)
         seeds = torch.randint(0, 2**31 - 1, (2,), device=x.device, dtype=torch.int32)
-    if pair_passes(rounding, rounding_t) == 3 or x.numel() == 0:
+    if pair_passes(rounding, rounding_t, values) == 3 or x.numel() == 0:
         return _three_passes(x, rounding, rounding_t, tiles, values, seeds)
     T, F = x.shape
     dev = x.device
