@@ -549,7 +549,8 @@ def test_rht_pair_two_passes_give_the_three_pass_bits_where_the_rht_sums_are_ine
         finally:
             triton_rht_transpose.PAIR_PASSES = None
     for got, want in zip(results[2], results[3]):
-        assert got.dtype == want.dtype and torch.equal(got.reshape(-1).view(torch.uint8), want.reshape(-1).view(torch.uint8))
+        assert got.dtype == want.dtype
+        assert torch.equal(got.reshape(-1).view(torch.uint8), want.reshape(-1).view(torch.uint8))
 
 
 @gpu

@@ -1,6 +1,7 @@
 """Triton kernels that run the quantize kernels' helpers beside what they must equal, for
 tests/test_triton_kernels.py: the E4M3 helpers both ways (hardware conversion, integer rounding),
-``_philox`` beside ``tl.philox``, and the E2M1 magnitude helpers beside the codes they shortcut. Imported only where Triton is installed."""
+``_philox`` beside ``tl.philox``, and the E2M1 magnitude helpers beside the codes they shortcut.
+Imported only where Triton is installed."""
 
 import triton
 import triton.language as tl
