@@ -93,9 +93,9 @@ def main():
                  "s_dec_ptr": "*fp32", "s_dec_t_ptr": "*fp32", "seed_ptr": "*i32", "T": "i32", "F": "i32",
                  "stride_t": "i32", "stride_f": "i32", "codes_stride": "i32", "scales_stride": "i32",
                  "values_stride": "i32", "codes_t_stride": "i32", "scales_t_stride": "i32", "values_t_stride": "i32"}
-    r, k, warps = t.rht_pair
     for name, sr, as_values in (("X: values, RHT(X^T) codes", False, (True, False)),
                                 ("dY, SR: values both ways", True, (True, True))):
+        r, k, warps = t.rht_pair_sr if sr else t.rht_pair
         ops = sass_ops(triton_rht_transpose._rht_pair_kernel, pair_args,
                        {"stride_f": 1, "SR": sr, "SR_T": sr, "VALUES": as_values[0], "VALUES_T": as_values[1],
                         "BLOCK_T": r, "BLOCK_F": k, "EVEN": True, "HW_FP8": True}, warps)

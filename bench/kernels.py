@@ -132,7 +132,9 @@ def main(argv=None):
         for passes in (3, 2):
             tiles = [("", QuantizeTiles())]
             if args.sweep and passes == 2:
-                tiles += [(f" rht_pair={tuple(t)}", QuantizeTiles(rht_pair=t)) for t in SWEEP["rht_pair"][1:]]
+                field = "rht_pair_sr" if "sr" in (r, rt) else "rht_pair"
+                default = getattr(QuantizeTiles(), field)
+                tiles += [(f" {field}={tuple(t)}", QuantizeTiles(**{field: t})) for t in SWEEP["rht_pair"] if t != default]
             for suffix, t in tiles:
                 call = (lambda r, rt, v, t: lambda: quantize_pair_rht(x, r, rt, tiles=t, values=v))(r, rt, values, t)
                 call = mock.patch.object(triton_rht_transpose, "PAIR_PASSES", passes)(call)

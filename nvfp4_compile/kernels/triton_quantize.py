@@ -465,6 +465,7 @@ class QuantizeTiles:
     rht_sr: Tile = Tile(64, 64, 8)
     rht_transpose: Tile = Tile(64, 64, 4)  # rows: tokens, k: features (``triton_rht_transpose``)
     rht_pair: Tile = Tile(64, 64, 4)  # rows: tokens (a multiple of 16), k: features (``_rht_pair_kernel``)
+    rht_pair_sr: Tile = Tile(64, 32, 2)  # the same, rounding stochastically (more registers a value)
     rne_values: Tile = Tile(16, 256, 4)  # the two rowwise kernels writing BF16 values (``values=True``)
     sr_values: Tile = Tile(8, 128, 2)
 
@@ -474,8 +475,9 @@ class QuantizeTiles:
             if not all(n > 0 and n & (n - 1) == 0 for n in (rows, k, warps)) or k % 16:
                 raise ValueError(f"QuantizeTiles.{field.name}: rows, k and warps must be powers of two, "
                                  f"k a multiple of 16; got {getattr(self, field.name)}")
-        if self.rht_pair.rows < 16:
-            raise ValueError(f"QuantizeTiles.rht_pair: the RHT needs whole 16-token runs; got {self.rht_pair}")
+        for name in ("rht_pair", "rht_pair_sr"):
+            if getattr(self, name).rows < 16:
+                raise ValueError(f"QuantizeTiles.{name}: the RHT needs whole 16-token runs; got {getattr(self, name)}")
         if self.two_d.rows != 16:
             raise ValueError(f"QuantizeTiles.two_d: a 2D tile has 16 rows (one row of 16x16 blocks); got {self.two_d}")
 

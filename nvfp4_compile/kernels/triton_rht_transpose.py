@@ -44,6 +44,21 @@ def _rht_along_tokens(x, ht, BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr):
 
 
 @triton.jit
+def _rht_along_tokens_transposed(x, h, BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr):
+    """``_rht_along_tokens(x)`` transposed, ``[BLOCK_F, BLOCK_T]``, computed as the batched right
+    product ``run^T @ H`` (``h``: ``H`` once per run): its output holds each 16-token run of a
+    feature in 4 threads, 4 values each, where the left product's holds it in 8 threads, 2 each,
+    so a quantization along the tokens reduces and scales each block in half the instructions."""
+    runs_t = tl.permute(tl.reshape(x, (BLOCK_T // 16, 16, BLOCK_F)), (0, 2, 1))  # [runs, F, 16]
+    if _INTERPRETED:
+        y = tl.dot(runs_t.to(tl.float32), h, input_precision="ieee")
+    else:
+        y = tl.dot(runs_t, h)
+    y = tl.reshape(tl.permute(y, (1, 0, 2)), (BLOCK_F, BLOCK_T))
+    return _round_to_bf16(y)
+
+
+@triton.jit
 def _rht_transpose_kernel(x_ptr, y_ptr, amax_bits_ptr, T, F, stride_t, stride_f, y_stride, tiles_f, n_tiles,
                           X_AMAX: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, EVEN: tl.constexpr,
                           STORE_Y: tl.constexpr = True):
@@ -81,12 +96,12 @@ def _rht_pair_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, codes_t_ptr, scal
                      codes_stride, scales_stride, values_stride, codes_t_stride, scales_t_stride, values_t_stride,
                      SR: tl.constexpr, SR_T: tl.constexpr, VALUES: tl.constexpr, VALUES_T: tl.constexpr,
                      BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, EVEN: tl.constexpr, HW_FP8: tl.constexpr):
-    """Both quantizations of one ``[BLOCK_T, BLOCK_F]`` tile of ``x [T, F]`` from one read of it:
-    along F (rows: tokens) and, after the RHT along the tokens, along T (rows: features, stored
-    in ``[F, T]`` order), each as codes and scale bits or, with ``VALUES`` / ``VALUES_T``, as
-    BF16 values. The amaxes come from ``_rht_transpose_kernel(STORE_Y=False)``: ``amax_bits[0]``
-    of ``RHT(x^T)``, ``amax_bits[1]`` of ``x``. SR draws from ``seed[0]`` along F and ``seed[1]``
-    along T, keyed by the output's (row, column) as in the rowwise kernel, so the bits equal
+    """Both quantizations of one ``[BLOCK_T, BLOCK_F]`` tile of ``x [T, F]`` from one read of it: along F
+    (rows: tokens) and, after the RHT along the tokens (``_rht_along_tokens_transposed``), along T
+    (rows: features, stored in ``[F, T]`` order), each as codes and scale bits or, with ``VALUES`` /
+    ``VALUES_T``, as BF16 values. The amaxes come from ``_rht_transpose_kernel(STORE_Y=False)``:
+    ``amax_bits[0]`` of ``RHT(x^T)``, ``amax_bits[1]`` of ``x``. SR draws from ``seed[0]`` along F and
+    ``seed[1]`` along T, keyed by the output's (row, column) as in the rowwise kernel, so the bits equal
     those of ``rht_transpose`` followed by two rowwise passes with the same seeds."""
     t0 = tl.program_id(0) * BLOCK_T
     f0 = tl.program_id(1) * BLOCK_F
@@ -102,8 +117,9 @@ def _rht_pair_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, codes_t_ptr, scal
     s_dec = _quantize_tile(x.to(tl.float32), tokens, f0, T, F, amax, seed_ptr, codes_ptr, scales_ptr, codes_stride,
                            scales_stride, values_ptr, values_stride, False, SR, BLOCK_T, BLOCK_F, not VALUES, VALUES,
                            EVEN, HW_FP8)
-    y = _rht_along_tokens(x, _rht_matrix_per_run(BLOCK_T), BLOCK_T, BLOCK_F)
-    s_dec_t = _quantize_tile(tl.trans(y), features, t0, F, T, amax_t, seed_ptr + 1, codes_t_ptr, scales_t_ptr,
+    h = tl.broadcast_to(_rht_matrix()[None, :, :], (BLOCK_T // 16, 16, 16))
+    yt = _rht_along_tokens_transposed(x, h, BLOCK_T, BLOCK_F)
+    s_dec_t = _quantize_tile(yt, features, t0, F, T, amax_t, seed_ptr + 1, codes_t_ptr, scales_t_ptr,
                              codes_t_stride, scales_t_stride, values_t_ptr, values_t_stride, False, SR_T, BLOCK_F,
                              BLOCK_T, not VALUES_T, VALUES_T, EVEN, HW_FP8)
     if tl.program_id(0) == 0 and tl.program_id(1) == 0:
@@ -158,9 +174,10 @@ PAIR_PASSES: int | None = None
 def pair_passes(rounding: str, rounding_t: str, values: tuple[bool, bool]) -> int:
     """The passes ``quantize_pair_rht`` takes (``PAIR_PASSES`` where set). Measured on an H100
     (bench/RESULTS.md, eighth cut): two for dY's pair as the training step runs it, SR and BF16
-    values both ways (0.298 against 0.310 ms at 8192x8192, 0.082 against 0.085 at 8192x2048),
-    three otherwise (X's pair, values and codes: 0.282 against 0.292; SR codes both ways: 0.321
-    against 0.491). The second pass is bound by instructions; it wins only where it saves the
+    values both ways (0.280 against 0.312 ms at 8192x8192, 0.076 against 0.086 at 8192x2048),
+    three otherwise (X's pair, values and codes: 0.278 against 0.283 and 0.074 against 0.073, no
+    gain at a GPT block's shape; SR codes both ways: 0.491 against 0.321 before the second pass
+    took the right product). The second pass is bound by instructions; it wins where it saves the
     most bytes, two BF16 outputs (8 bytes a value against 12)."""
     if PAIR_PASSES is not None:
         return PAIR_PASSES
@@ -198,7 +215,7 @@ def quantize_pair_rht(x: torch.Tensor, rounding: str = "rne", rounding_t: str = 
                          torch.empty((rows, cols // 16), dtype=torch.uint8, device=dev),
                          torch.empty((), dtype=torch.float32, device=dev)))
     (a, a_scales, s_dec), (b, b_scales, s_dec_t) = outs
-    block_t, block_f, warps = tiles.rht_pair
+    block_t, block_f, warps = tiles.rht_pair_sr if "sr" in (rounding, rounding_t) else tiles.rht_pair
     _RHT_PAIR[(cdiv(T, block_t), cdiv(F, block_f))](
         x, a, a_scales, a, b, b_scales, b, amax_bits, s_dec, s_dec_t, amax_bits if seeds is None else seeds, T, F,
         x.stride(0), x.stride(1), a.stride(0), a_scales.stride(0) if not values[0] else 0, a.stride(0),
