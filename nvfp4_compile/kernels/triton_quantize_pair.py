@@ -67,7 +67,8 @@ def _pair_quantize_kernel(x_ptr, codes_ptr, scales_ptr, s_dec_ptr, codes_t_ptr, 
     amax_t = tl.load(amax_bits_ptr + 1).to(tl.float32, bitcast=True)
     # Along K: rows of x are the output's rows; stores stop at R rows and Kp columns.
     s_dec = _quantize_tile(x.to(tl.float32), rows, k0, R, Kp, amax, seed_ptr, codes_ptr, scales_ptr,
-                           codes_stride, scales_stride, codes_ptr, 0, False, SR, BLOCK_R, BLOCK_K, True, False, False, HW_FP8)
+                           codes_stride, scales_stride, codes_ptr, 0, False, SR, BLOCK_R, BLOCK_K, True, False, False,
+                           HW_FP8)
     # x^T on chip (BF16, before any arithmetic), then the RHT as ``triton_quantize`` does it
     # for a transposed view. (The left product ``blockdiag(H)^T @ x``, which needs no
     # transpose before the MMA, measured 1.6x slower for the pair on an H100.)
@@ -138,6 +139,6 @@ def quantize_pair_nvfp4(x: torch.Tensor, rounding: str = "rne", rounding_t: str 
     _pair_quantize_kernel[(cdiv(R, br), cdiv(K, tiles.quantize_k))](
         x, codes, scales, s_dec, codes_t, scales_t, s_dec_t, amax_bits, seeds, R, K, Rp, Kp,
         x.stride(0), x.stride(1), codes.stride(0), scales.stride(0), codes_t.stride(0),
-        scales_t.stride(0), RHT_T=rht_t, SR=rounding == "sr", SR_T=rounding_t == "sr", BLOCK_R=br, BLOCK_K=tiles.quantize_k,
-        HW_FP8=triton_quantize.hardware_fp8(dev), num_warps=tiles.quantize_warps)
+        scales_t.stride(0), RHT_T=rht_t, SR=rounding == "sr", SR_T=rounding_t == "sr", BLOCK_R=br,
+        BLOCK_K=tiles.quantize_k, HW_FP8=triton_quantize.hardware_fp8(dev), num_warps=tiles.quantize_warps)
     return codes, scales, s_dec, codes_t, scales_t, s_dec_t

@@ -44,11 +44,13 @@ def _rht_along_tokens(x, ht, BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr):
 
 
 @triton.jit
-def _rht_along_tokens_transposed(x, h, BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr):
+def _rht_along_tokens_transposed(x, BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr):
     """``_rht_along_tokens(x)`` transposed, ``[BLOCK_F, BLOCK_T]``, computed as the batched right
-    product ``run^T @ H`` (``h``: ``H`` once per run): its output holds each 16-token run of a
-    feature in 4 threads, 4 values each, where the left product's holds it in 8 threads, 2 each,
-    so a quantization along the tokens reduces and scales each block in half the instructions."""
+    product ``run^T @ H``: its output holds each 16-token run of a feature in 4 threads, 4 values
+    each, where the left product's holds it in 8 threads, 2 each, so a quantization along the
+    tokens reduces and scales each block in half the instructions. The same 16 products summed by
+    the same instruction as the left product, so the same bits (tested where the sums round)."""
+    h = tl.broadcast_to(_rht_matrix()[None, :, :], (BLOCK_T // 16, 16, 16))
     runs_t = tl.permute(tl.reshape(x, (BLOCK_T // 16, 16, BLOCK_F)), (0, 2, 1))  # [runs, F, 16]
     if _INTERPRETED:
         y = tl.dot(runs_t.to(tl.float32), h, input_precision="ieee")
@@ -117,8 +119,7 @@ def _rht_pair_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, codes_t_ptr, scal
     s_dec = _quantize_tile(x.to(tl.float32), tokens, f0, T, F, amax, seed_ptr, codes_ptr, scales_ptr, codes_stride,
                            scales_stride, values_ptr, values_stride, False, SR, BLOCK_T, BLOCK_F, not VALUES, VALUES,
                            EVEN, HW_FP8)
-    h = tl.broadcast_to(_rht_matrix()[None, :, :], (BLOCK_T // 16, 16, 16))
-    yt = _rht_along_tokens_transposed(x, h, BLOCK_T, BLOCK_F)
+    yt = _rht_along_tokens_transposed(x, BLOCK_T, BLOCK_F)
     s_dec_t = _quantize_tile(yt, features, t0, F, T, amax_t, seed_ptr + 1, codes_t_ptr, scales_t_ptr,
                              codes_t_stride, scales_t_stride, values_t_ptr, values_t_stride, False, SR_T, BLOCK_F,
                              BLOCK_T, not VALUES_T, VALUES_T, EVEN, HW_FP8)
