@@ -10,6 +10,7 @@ torchao's NVFP4 quantize where torchao is installed. Target: each kernel within 
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import sys
 from pathlib import Path
@@ -84,6 +85,9 @@ def main(argv=None):
     parser.add_argument("--programs-per-sm", type=int, nargs="+", default=None,
                         help="also time the kernels with their own amax pass and the RHT pairs with each of these "
                              "numbers of persistent programs per SM (amax, rht_transpose)")
+    parser.add_argument("--knobs", nargs="+", default=(),
+                        help="also time the RHT kernels and pairs with these settings of the module knobs of "
+                             "triton_rht_transpose (or triton_quantize), each a comma-separated list, e.g. PAIR_PROGRAMS_PER_SM=2,PAIR_STAGES=1")
     args = parser.parse_args(argv)
     n = args.size
     tokens = args.tokens or n
@@ -135,6 +139,8 @@ def main(argv=None):
                 field = "rht_pair_sr" if "sr" in (r, rt) else "rht_pair"
                 default = getattr(QuantizeTiles(), field)
                 tiles += [(f" {field}={tuple(t)}", QuantizeTiles(**{field: t})) for t in SWEEP["rht_pair"] if t != default]
+                # the first pass (both amaxes) runs on the rht_transpose tile
+                tiles += [(f" rht_transpose={tuple(t)}", QuantizeTiles(rht_transpose=t)) for t in SWEEP["rht_transpose"][1:]]
             for suffix, t in tiles:
                 call = (lambda r, rt, v, t: lambda: quantize_pair_rht(x, r, rt, tiles=t, values=v))(r, rt, values, t)
                 call = mock.patch.object(triton_rht_transpose, "PAIR_PASSES", passes)(call)
@@ -177,6 +183,25 @@ def main(argv=None):
         with_programs = mock.patch.object(triton_quantize, "PROGRAMS_PER_SM", per_sm)
         for name, fn in persistent.items():
             cases[f"triton {name}, {per_sm} programs/SM"] = with_programs(fn)
+    knobbed = {"X^T RHT 1x16 RNE (wgrad)": lambda: quantize_nvfp4(x.t(), 1, "rne", rht=True),
+               "X pair (X values, RHT(X^T) codes), 3 passes": (3, (True, False), "rne"),
+               "X pair (X values, RHT(X^T) codes), 2 passes": (2, (True, False), "rne"),
+               "dY pair (SR, values both ways), 2 passes": (2, (True, True), "sr")}
+    for knobs in args.knobs:
+        settings = [(k, ast.literal_eval(v)) for k, v in (kv.split("=") for kv in knobs.split(","))]
+        for name, how in knobbed.items():
+            if args.only and not any(o in name for o in args.only):
+                continue
+            if callable(how):
+                fn = how
+            else:
+                passes, values, r = how
+                fn = (lambda v, r: lambda: quantize_pair_rht(x, r, r, values=v))(values, r)
+                settings_here = settings + [("PAIR_PASSES", passes)]
+            for attr, value in settings if callable(how) else settings_here:
+                module = triton_rht_transpose if hasattr(triton_rht_transpose, attr) else triton_quantize
+                fn = mock.patch.object(module, attr, value)(fn)
+            cases[f"triton {name}, {knobs}"] = fn
     rows = []
     for name, fn in cases.items():
         print(f"timing {name}", flush=True)

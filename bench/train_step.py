@@ -4,6 +4,7 @@
     python bench/train_step.py --tiny     # a few-layer model, to check the script on a CPU
     python bench/train_step.py --runs inductor nvfp4 nvfp4:reduce-overhead inductor:reduce-overhead
     python bench/train_step.py --runs inductor nvfp4 nvfp4@plain-host nvfp4@codes   # each improvement off
+    python bench/train_step.py --memory --runs inductor nvfp4    # what is live at the peak of a step
 
 Reports tokens/s and peak memory of each run (a backend, and a torch.compile mode after a colon)
 and their ratios to the first run, the default Inductor backend.
@@ -87,7 +88,64 @@ VARIANT_ATTR = {"two-pass": ("nvfp4_compile.kernels.triton_rht_transpose", "PAIR
                 "three-pass": ("nvfp4_compile.kernels.triton_rht_transpose", "PAIR_PASSES", 3)}
 
 
-def run(name: str, config: dict, steps: int, device: str, profile_steps: bool = False) -> dict:
+def memory_at_peak(step, rows: int = 25) -> dict:
+    """One step under the allocator's history recording: the allocations live at the step's
+    peak, grouped by size and by where they were made (the innermost frame outside torch: a
+    line of Inductor's generated code, or of this benchmark), largest groups first. What was
+    live before the step (weights, optimizer state) counts as one line. Default mode only: CUDA
+    graph replays allocate nothing, so their trace holds no allocations."""
+    import linecache
+    from collections import defaultdict
+
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.memory._record_memory_history(stacks="python", max_entries=1_000_000)
+    try:
+        step()
+        torch.cuda.synchronize()
+        trace = torch.cuda.memory._snapshot()["device_traces"][torch.cuda.current_device()]
+    finally:
+        torch.cuda.memory._record_memory_history(enabled=None)
+    live, total, peak, at_peak = {}, 0, 0, {}
+    for event in trace:
+        if event["action"] == "alloc":
+            live[event["addr"]] = event
+            total += event["size"]
+            if total > peak:
+                peak, at_peak = total, dict(live)
+        elif event["action"] == "free_completed" and event["addr"] in live:
+            total -= live.pop(event["addr"])["size"]
+
+    def site(event) -> str:
+        for frame in event.get("frames", ()):
+            name = frame["filename"]
+            if "/torch/" in name or "site-packages" in name or name.startswith("<"):
+                continue
+            line = linecache.getline(name, frame["line"]).strip()
+            if "torchinductor" in name:  # Inductor's generated code: one line per buffer, grouped by what it is
+                return "Inductor buffer: " + line.partition("=")[2].strip()[:80]
+            return f"{Path(name).name}:{frame['line']} {line[:70]}"
+        return "(no frame outside torch: eager ATen ops)"
+
+    groups = defaultdict(lambda: [0, 0])
+    for event in at_peak.values():
+        g = groups[(event["size"], site(event))]
+        g[0] += 1
+        g[1] += event["size"]
+    ordered = sorted(groups.items(), key=lambda kv: -kv[1][1])
+    print(f"live before the step: {before / 2**30:.2f} GiB; allocated in the step at its peak: "
+          f"{peak / 2**30:.2f} GiB ({len(at_peak)} allocations); peak {(before + peak) / 2**30:.2f} GiB")
+    for (size, where), (count, nbytes) in ordered[:rows]:
+        print(f"  {nbytes / 2**30:6.2f} GiB = {count:3d} x {size / 2**20:8.1f} MiB  {where}")
+    rest = ordered[rows:]
+    if rest:
+        print(f"  {sum(g[1][1] for g in rest) / 2**30:6.2f} GiB in {sum(g[1][0] for g in rest)} other allocations")
+    return {"before_gib": before / 2**30, "step_peak_gib": peak / 2**30,
+            "groups": [[count, size, nbytes, where] for (size, where), (count, nbytes) in ordered]}
+
+
+def run(name: str, config: dict, steps: int, device: str, profile_steps: bool = False,
+        memory: bool = False) -> dict:
     """One run: ``backend[:mode][@variant,...]``. Variants turn off one improvement to measure it:
     ``plain-host`` the host-time savings of the NVFP4 ops (cached Triton launches, the autograd
     fallthrough), ``codes`` the BF16 operands written by the quantizers (every GEMM operand
@@ -111,13 +169,13 @@ def run(name: str, config: dict, steps: int, device: str, profile_steps: bool = 
             for v in variants & set(VARIANT_ATTR):
                 module, attr, value = VARIANT_ATTR[v]
                 patches.enter_context(mock.patch.object(importlib.import_module(module), attr, value))
-            return _run(name, spec, config, steps, device, profile_steps)
+            return _run(name, spec, config, steps, device, profile_steps, memory)
     finally:
         launch.ENABLED = True
         ops.set_autograd_fallthrough(True)
 
 
-def _run(name: str, spec: str, config: dict, steps: int, device: str, profile_steps: bool) -> dict:
+def _run(name: str, spec: str, config: dict, steps: int, device: str, profile_steps: bool, memory: bool) -> dict:
     backend, _, mode = spec.partition(":")
     torch._dynamo.reset()
     if device == "cuda":
@@ -149,7 +207,14 @@ def _run(name: str, spec: str, config: dict, steps: int, device: str, profile_st
         profile(name, step)
     params = sum(p.numel() for p in model.parameters())
     print(f"{name}: {steps * batch * seq / elapsed:.0f} tokens/s, peak {peak:.2f} GiB, loss {loss:.4f}", flush=True)
-    return {"tokens_per_s": steps * batch * seq / elapsed, "peak_gib": peak, "loss": loss, "params": params}
+    result = {"tokens_per_s": steps * batch * seq / elapsed, "peak_gib": peak, "loss": loss, "params": params}
+    if memory and device == "cuda":
+        if mode == "reduce-overhead":
+            print(f"{name}: no memory breakdown under CUDA graphs (replays allocate nothing)")
+        else:
+            print(f"{name}: memory at the peak of one step")
+            result["memory"] = memory_at_peak(step)
+    return result
 
 
 def main(argv=None):
@@ -157,6 +222,8 @@ def main(argv=None):
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--profile", action="store_true", help="print each run's GPU time by kernel")
+    parser.add_argument("--memory", action="store_true",
+                        help="print what is live at the peak of one step (runs in default mode)")
     parser.add_argument("--runs", nargs="+", default=["inductor", "nvfp4"],
                         help="backend[:mode] to run; the first is the baseline of the ratios")
     args = parser.parse_args(argv)
@@ -165,14 +232,15 @@ def main(argv=None):
         config = {"model": dict(vocab=256, dim=64, depth=4, heads=4), "batch": 2, "seq": 64}
     else:  # ~1.1B parameters: 24 blocks of width 2048 with a 32k vocabulary
         config = {"model": dict(vocab=32768, dim=2048, depth=24, heads=16), "batch": 4, "seq": 2048}
-    results = {name: run(name, config, args.steps, device, args.profile) for name in args.runs}
+    results = {name: run(name, config, args.steps, device, args.profile, args.memory) for name in args.runs}
     base = results[args.runs[0]]
     rows = [[name, r["params"] / 1e6, r["tokens_per_s"], r["peak_gib"], r["loss"],
              r["tokens_per_s"] / base["tokens_per_s"], r["peak_gib"] / base["peak_gib"]]
             for name, r in results.items()]
     report(f"Training step on {device}", ["run", "params (M)", "tokens/s", "peak GiB", "loss",
                                           f"tokens/s / {args.runs[0]}", f"peak / {args.runs[0]}"], rows,
-           "train_step", {"config": config, "steps": args.steps})
+           "train_step", {"config": config, "steps": args.steps,
+                          "memory": {name: r["memory"] for name, r in results.items() if "memory" in r}})
 
 
 if __name__ == "__main__":

@@ -498,6 +498,29 @@ def test_cublaslt_gemm_runs_and_rounds_once(out_dtype):
 
 
 @gpu
+def test_cublaslt_plan_candidates_each_compute_the_product():
+    """``_Plan(candidates=n)`` keeps the heuristic's algorithms best first, the first being the
+    one a plain plan runs (same bits), and ``matmul(plan=...)`` runs whichever is chosen: each
+    gives alpha * (a @ b^T) within the sums' order (``bench/gemm_algorithms.py`` times them)."""
+    from nvfp4_compile.kernels import cublaslt
+
+    m, n, k = 256, 384, 2048
+    a = torch.randn(m, k, device="cuda").to(torch.bfloat16)
+    b = torch.randn(k, n, device="cuda").to(torch.bfloat16).t()  # dgrad's transposed view
+    alpha_beta = torch.tensor([0.5, 0.0], device="cuda")
+    plan = cublaslt._Plan(m, n, k, torch.bfloat16, None, 0, True, candidates=8)
+    assert 1 <= len(plan.results) <= 8 and plan.result is plan.results[0]
+    default = cublaslt.matmul(a, b, alpha_beta, None, torch.empty(m, n, dtype=torch.bfloat16, device="cuda"))
+    want = torch.mm(a, b.t(), out_dtype=torch.float32) * 0.5
+    for i, result in enumerate(plan.results):
+        plan.result = result
+        got = cublaslt.matmul(a, b, alpha_beta, None, torch.empty(m, n, dtype=torch.bfloat16, device="cuda"), plan=plan)
+        assert ((got.float() - want).abs() <= 2 ** -8 * want.abs() + 1e-5 * want.abs().max()).all(), i
+        if i == 0:
+            assert torch.equal(got, default)
+
+
+@gpu
 @pytest.mark.parametrize("shape", [(256, 384), (80, 48)])  # the second leaves partial 64x64 tiles
 def test_triton_transpose_2d_equals_the_reference(shape, monkeypatch):
     from nvfp4_compile import ops

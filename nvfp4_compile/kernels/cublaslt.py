@@ -108,7 +108,7 @@ class _Plan:
     """Descriptors and algorithm for one (M, N, K, out dtype, bias) on one device."""
 
     def __init__(self, m: int, n: int, k: int, out_dtype: torch.dtype, bias_dtype: torch.dtype | None, device: int,
-                 b_transposed: bool = False):
+                 b_transposed: bool = False, candidates: int = 1):
         lib, handle = _library(), _handle(device)
         self.lock = threading.Lock()
         self.desc = ctypes.c_void_p()
@@ -137,13 +137,16 @@ class _Plan:
                "MatmulPreferenceSetAttribute")
         _check(lib.cublasLtMatmulPreferenceSetAttribute(pref, _PREF_REDUCTION_SCHEME_MASK, ctypes.byref(mask), 4),
                "MatmulPreferenceSetAttribute")
-        self.result, found = _HeuristicResult(), ctypes.c_int(0)
+        results, found = (_HeuristicResult * candidates)(), ctypes.c_int(0)
         b_layout, a_layout, d_layout = self.layouts
-        _check(lib.cublasLtMatmulAlgoGetHeuristic(handle, self.desc, b_layout, a_layout, d_layout, d_layout, pref, 1,
-                                                  ctypes.byref(self.result), ctypes.byref(found)),
+        _check(lib.cublasLtMatmulAlgoGetHeuristic(handle, self.desc, b_layout, a_layout, d_layout, d_layout, pref,
+                                                  candidates, results, ctypes.byref(found)),
                "cublasLtMatmulAlgoGetHeuristic")
         if found.value < 1:
             raise CublasLtError(f"no cuBLASLt algorithm for M={m} N={n} K={k} -> {out_dtype}")
+        #: The heuristic's algorithms, best first; ``result`` is the one ``matmul`` runs.
+        self.results = [results[i] for i in range(found.value)]
+        self.result = self.results[0]
 
 
 @functools.lru_cache(maxsize=256)
@@ -216,7 +219,7 @@ def supported(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype, bias: to
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor, alpha_beta: torch.Tensor, bias: torch.Tensor | None,
-           out: torch.Tensor, beta: torch.Tensor | None = None) -> torch.Tensor:
+           out: torch.Tensor, beta: torch.Tensor | None = None, plan: _Plan | None = None) -> torch.Tensor:
     """``out [M, N]`` (contiguous) = ``alpha * (a @ b.T) (+ bias)`` rounded once to ``out``'s dtype;
     ``a [M, K]``, ``b [N, K]`` BF16 (``b`` row-major or a ``transposed_view``), ``alpha_beta``:
     FP32 ``[alpha, 0.0]`` on the device, or with ``beta`` (an FP32 zero on the device) the FP32
@@ -225,7 +228,8 @@ def matmul(a: torch.Tensor, b: torch.Tensor, alpha_beta: torch.Tensor, bias: tor
     n, out_dtype = b.shape[0], out.dtype
     ws = _workspace(a.device)  # first: raises inside a capture before anything is allocated
     lib, handle = _library(), _handle(a.device.index)
-    plan = _plan(m, n, k, out_dtype, None if bias is None else bias.dtype, a.device.index, transposed_view(b))
+    if plan is None:
+        plan = _plan(m, n, k, out_dtype, None if bias is None else bias.dtype, a.device.index, transposed_view(b))
     stream = torch._C._cuda_getCurrentRawStream(a.device.index)
     b_layout, a_layout, d_layout = plan.layouts
     beta_ptr = alpha_beta.data_ptr() + 4 if beta is None else beta.data_ptr()

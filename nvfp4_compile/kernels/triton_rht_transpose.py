@@ -158,10 +158,15 @@ def _rht_amaxes(x: torch.Tensor, tile: Tile, x_amax: bool, y: torch.Tensor | Non
     tiles_f = cdiv(F, block_f)
     n_tiles = cdiv(T, block_t) * tiles_f
     programs = min(n_tiles, _programs(x.device))
+    # Triton pipelines the loop's loads in 3 stages (it holds a product). The transform alone,
+    # written out (the wgrad operand without its rowwise pair), runs faster unpipelined: 0.183
+    # against 0.198 ms at 8192x8192 on an H100; the pairs' passes, with both amaxes, do not
+    # (bench/RESULTS.md, ninth cut).
+    stages = 1 if y is not None and not x_amax else 3
     _RHT_TRANSPOSE[(programs,)](x, x if y is None else y, amax_bits, T, F, x.stride(0), x.stride(1),
                                 0 if y is None else y.stride(0), tiles_f, n_tiles, X_AMAX=x_amax, BLOCK_T=block_t,
                                 BLOCK_F=block_f, EVEN=T % block_t == 0 and F % block_f == 0, STORE_Y=y is not None,
-                                num_warps=num_warps)
+                                num_warps=num_warps, num_stages=stages)
     return amax_bits
 
 
