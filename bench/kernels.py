@@ -86,8 +86,9 @@ def main(argv=None):
                         help="also time the kernels with their own amax pass and the RHT pairs with each of these "
                              "numbers of persistent programs per SM (amax, rht_transpose)")
     parser.add_argument("--knobs", nargs="+", default=(),
-                        help="also time the RHT kernels and pairs with these settings of the module knobs of "
-                             "triton_rht_transpose (or triton_quantize), each a comma-separated list, e.g. PAIR_PROGRAMS_PER_SM=2,PAIR_STAGES=1")
+                        help="also time X^T RHT and the RHT pairs with these settings of module attributes of "
+                             "triton_rht_transpose (or else triton_quantize), each a comma-separated list, "
+                             "e.g. PROGRAMS_PER_SM=8")
     args = parser.parse_args(argv)
     n = args.size
     tokens = args.tokens or n
@@ -183,22 +184,20 @@ def main(argv=None):
         with_programs = mock.patch.object(triton_quantize, "PROGRAMS_PER_SM", per_sm)
         for name, fn in persistent.items():
             cases[f"triton {name}, {per_sm} programs/SM"] = with_programs(fn)
-    knobbed = {"X^T RHT 1x16 RNE (wgrad)": lambda: quantize_nvfp4(x.t(), 1, "rne", rht=True),
-               "X pair (X values, RHT(X^T) codes), 3 passes": (3, (True, False), "rne"),
-               "X pair (X values, RHT(X^T) codes), 2 passes": (2, (True, False), "rne"),
-               "dY pair (SR, values both ways), 2 passes": (2, (True, True), "sr")}
+    # name: (call, settings it needs besides the knobs)
+    knobbed = {"X^T RHT 1x16 RNE (wgrad)": (lambda: quantize_nvfp4(x.t(), 1, "rne", rht=True), []),
+               "X pair (X values, RHT(X^T) codes), 3 passes": (
+                   lambda: quantize_pair_rht(x, "rne", "rne", values=(True, False)), [("PAIR_PASSES", 3)]),
+               "X pair (X values, RHT(X^T) codes), 2 passes": (
+                   lambda: quantize_pair_rht(x, "rne", "rne", values=(True, False)), [("PAIR_PASSES", 2)]),
+               "dY pair (SR, values both ways), 2 passes": (
+                   lambda: quantize_pair_rht(x, "sr", "sr", values=(True, True)), [("PAIR_PASSES", 2)])}
     for knobs in args.knobs:
         settings = [(k, ast.literal_eval(v)) for k, v in (kv.split("=") for kv in knobs.split(","))]
-        for name, how in knobbed.items():
+        for name, (fn, needed) in knobbed.items():
             if args.only and not any(o in name for o in args.only):
                 continue
-            if callable(how):
-                fn = how
-            else:
-                passes, values, r = how
-                fn = (lambda v, r: lambda: quantize_pair_rht(x, r, r, values=v))(values, r)
-                settings_here = settings + [("PAIR_PASSES", passes)]
-            for attr, value in settings if callable(how) else settings_here:
+            for attr, value in needed + settings:
                 module = triton_rht_transpose if hasattr(triton_rht_transpose, attr) else triton_quantize
                 fn = mock.patch.object(module, attr, value)(fn)
             cases[f"triton {name}, {knobs}"] = fn
