@@ -31,7 +31,8 @@ def main(argv=None):
     parser.add_argument("--features", type=int, default=2048, help="X's features (a GPT block's width)")
     parser.add_argument("--out-features", type=int, default=2048, help="dY's features")
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--knobs", default="", help="settings of triton_rht_transpose's module attributes, e.g. PAIR_PASSES=2")
+    parser.add_argument("--knobs", default="",
+                        help="settings of triton_rht_transpose's module attributes, e.g. PAIR_PASSES=2")
     args = parser.parse_args(argv)
     for kv in filter(None, args.knobs.split(",")):
         k, v = kv.split("=")
