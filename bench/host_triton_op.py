@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -22,6 +21,7 @@ from torch.library import triton_op, wrap_triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import report  # noqa: E402
+from bench.host_overhead import per_call_us  # noqa: E402
 
 import nvfp4_compile  # noqa: E402,F401  (registers nvfp4::dequantize)
 from nvfp4_compile.kernels import triton_quantize  # noqa: E402
@@ -49,18 +49,6 @@ def chain(op, calls: int):
     return f
 
 
-def host_ms(fn, args, steps: int) -> float:
-    for _ in range(3):
-        fn(*args)
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        fn(*args)
-    issued = time.perf_counter() - start
-    torch.cuda.synchronize()
-    return issued / steps * 1e3
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=32, help="op calls in the compiled function")
@@ -75,7 +63,7 @@ def main(argv=None):
         torch._dynamo.reset()
         fn = torch.compile(chain(op, args.calls))
         outs[name] = fn(codes, scales)
-        ms = host_ms(fn, (codes, scales), args.steps)
+        ms = per_call_us(lambda: fn(codes, scales), args.steps) / 1e3
         rows.append([name, ms, ms / args.calls * 1e3])
     first, second = outs.values()
     assert torch.equal(first, second), "the two ops disagree"
