@@ -65,7 +65,38 @@ def build(config: dict, device: torch.device, parallel: str, backend: str, fp4_a
     return model, torch.compile(wrapped, backend=backend), enabled
 
 
-def run(name: str, config: dict, steps: int, device: torch.device, parallel: str) -> dict:
+def profile(name: str, step, device: torch.device, rows: int = 25) -> dict:
+    """Two steps under torch.profiler on every rank, printed by rank 0: device time by kernel (NCCL
+    kernels run on their own streams, so the sum can exceed the wall time), host time by op, and
+    the wall time per step against the compute kernels' time per step (NCCL kernels left out:
+    the difference is time the compute stream waits for the host or for a collective)."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+        torch.cuda.synchronize()
+    dist.barrier()
+    start = time.perf_counter()
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(2):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    wall = (time.perf_counter() - start) / 2 * 1e3
+    events = prof.key_averages()
+    compute = sum(e.self_device_time_total for e in events if "nccl" not in e.key.lower()) / 2 / 1e3
+    nccl = sum(e.self_device_time_total for e in events if "nccl" in e.key.lower()) / 2 / 1e3
+    if dist.get_rank() == 0:
+        if device.type == "cuda":
+            print(f"{name}: device time by kernel over 2 steps")
+            print(events.table(sort_by="self_device_time_total", row_limit=rows, max_name_column_width=70))
+        print(f"{name}: host time by op over 2 steps")
+        print(events.table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=70))
+        print(f"{name}: wall {wall:.1f} ms a step (profiled); compute kernels {compute:.1f} ms, "
+              f"NCCL kernels {nccl:.1f} ms a step")
+    return {"wall_ms": wall, "compute_kernels_ms": compute, "nccl_kernels_ms": nccl}
+
+
+def run(name: str, config: dict, steps: int, device: torch.device, parallel: str, profile_steps: bool = False) -> dict:
     backend, fp4_all_gather = CONFIGS[name]
     torch._dynamo.reset()
     counter = ncd.CommBytes()
@@ -94,7 +125,9 @@ def run(name: str, config: dict, steps: int, device: torch.device, parallel: str
     world = dist.get_world_size()
     per_step = {k: v / steps for k, v in counter.input.items()}
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    profiled = profile(name, step, device) if profile_steps else None
     return {
+        "profile": profiled,
         "tokens_per_s": world * steps * batch * seq / elapsed_max.item(),
         "all_gather_mb": per_step.get("all_gather", 0) / 2**20,
         "reduce_scatter_mb": per_step.get("reduce_scatter", 0) / 2**20,
@@ -112,6 +145,9 @@ def main(argv=None):
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--parallel", choices=["fsdp", "ddp"], default="fsdp")
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--profile", action="store_true",
+                        help="after the timed steps, two profiled steps a configuration (printed by rank 0)")
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     parser.add_argument("--size", choices=["1b", "small"], default="1b",
                         help="small: 4 blocks of width 2048 (each block is its own graph under FSDP2)")
     args = parser.parse_args(argv)
@@ -131,11 +167,11 @@ def main(argv=None):
         depth = 24 if args.size == "1b" else 4
         config = {"model": {"vocab": 32768, "dim": 2048, "depth": depth, "heads": 16}, "batch": 4, "seq": 2048}
         steps = args.steps
-    names = [n for n in CONFIGS if args.parallel == "fsdp" or not CONFIGS[n][1]]
-    results = {name: run(name, config, steps, device, args.parallel) for name in names}
+    names = [n for n in args.configs if args.parallel == "fsdp" or not CONFIGS[n][1]]
+    results = {name: run(name, config, steps, device, args.parallel, args.profile) for name in names}
     if dist.get_rank() == 0:
-        base = results["bf16"]
-        rows = [[name, r["tokens_per_s"], r["tokens_per_s"] / base["tokens_per_s"], r["all_gather_mb"],
+        base = results.get("bf16")
+        rows = [[name, r["tokens_per_s"], r["tokens_per_s"] / base["tokens_per_s"] if base else float("nan"), r["all_gather_mb"],
                  r["reduce_scatter_mb"], r["all_reduce_mb"], r["peak_gib"], r["loss"]]
                 for name, r in results.items()]
         report(f"{args.parallel.upper()} training step, {dist.get_world_size()} ranks on {device.type}",

@@ -14,9 +14,12 @@ Targets (issue 5): tokens/s at least 0.87x of Inductor, peak memory at most 0.80
 from __future__ import annotations
 
 import argparse
+import cProfile
 import contextlib
 import importlib
+import io
 import os
+import pstats
 import sys
 import time
 from pathlib import Path
@@ -88,6 +91,33 @@ VARIANT_ATTR = {"two-pass": ("nvfp4_compile.kernels.triton_rht_transpose", "PAIR
                 "three-pass": ("nvfp4_compile.kernels.triton_rht_transpose", "PAIR_PASSES", 3)}
 
 
+def host_profile(name: str, step, steps: int = 3, rows: int = 35) -> dict:
+    """The host's Python time over ``steps`` steps under cProfile (functions by their own time,
+    then by cumulative time), and the wall time per step with and without the profiler. A step
+    with more host work than GPU work is bound by the host unless CUDA graphs replay it."""
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    wall = (time.perf_counter() - start) / steps * 1e3
+    profiler = cProfile.Profile()
+    start = time.perf_counter()
+    profiler.enable()
+    for _ in range(steps):
+        step()
+    profiler.disable()
+    enqueued = (time.perf_counter() - start) / steps * 1e3
+    torch.cuda.synchronize()
+    text = io.StringIO()
+    stats = pstats.Stats(profiler, stream=text)
+    stats.sort_stats("tottime").print_stats(rows)
+    stats.sort_stats("cumulative").print_stats(rows)
+    print(f"{name}: wall {wall:.1f} ms a step; under cProfile the host took {enqueued:.1f} ms a step to enqueue")
+    print(text.getvalue())
+    return {"wall_ms": wall, "cprofile_enqueue_ms": enqueued}
+
+
 def memory_at_peak(step, rows: int = 25) -> dict:
     """One step under the allocator's history recording: the allocations live at the step's
     peak, grouped by size and by where they were made (the innermost frame outside torch: a
@@ -145,7 +175,7 @@ def memory_at_peak(step, rows: int = 25) -> dict:
 
 
 def run(name: str, config: dict, steps: int, device: str, profile_steps: bool = False,
-        memory: bool = False) -> dict:
+        memory: bool = False, host: bool = False) -> dict:
     """One run: ``backend[:mode][@variant,...]``. Variants turn off one improvement to measure it:
     ``plain-host`` the host-time savings of the NVFP4 ops (cached Triton launches, the autograd
     fallthrough), ``codes`` the BF16 operands written by the quantizers (every GEMM operand
@@ -169,13 +199,14 @@ def run(name: str, config: dict, steps: int, device: str, profile_steps: bool = 
             for v in variants & set(VARIANT_ATTR):
                 module, attr, value = VARIANT_ATTR[v]
                 patches.enter_context(mock.patch.object(importlib.import_module(module), attr, value))
-            return _run(name, spec, config, steps, device, profile_steps, memory)
+            return _run(name, spec, config, steps, device, profile_steps, memory, host)
     finally:
         launch.ENABLED = True
         ops.set_autograd_fallthrough(True)
 
 
-def _run(name: str, spec: str, config: dict, steps: int, device: str, profile_steps: bool, memory: bool) -> dict:
+def _run(name: str, spec: str, config: dict, steps: int, device: str, profile_steps: bool, memory: bool,
+         host: bool = False) -> dict:
     backend, _, mode = spec.partition(":")
     torch._dynamo.reset()
     if device == "cuda":
@@ -208,6 +239,8 @@ def _run(name: str, spec: str, config: dict, steps: int, device: str, profile_st
     params = sum(p.numel() for p in model.parameters())
     print(f"{name}: {steps * batch * seq / elapsed:.0f} tokens/s, peak {peak:.2f} GiB, loss {loss:.4f}", flush=True)
     result = {"tokens_per_s": steps * batch * seq / elapsed, "peak_gib": peak, "loss": loss, "params": params}
+    if host and device == "cuda":
+        result["host"] = host_profile(name, step)
     if memory and device == "cuda":
         if mode == "reduce-overhead":
             print(f"{name}: no memory breakdown under CUDA graphs (replays allocate nothing)")
@@ -224,6 +257,8 @@ def main(argv=None):
     parser.add_argument("--profile", action="store_true", help="print each run's GPU time by kernel")
     parser.add_argument("--memory", action="store_true",
                         help="print what is live at the peak of one step (runs in default mode)")
+    parser.add_argument("--host", action="store_true",
+                        help="print each run's host time by Python function (cProfile over 3 steps)")
     parser.add_argument("--runs", nargs="+", default=["inductor", "nvfp4"],
                         help="backend[:mode] to run; the first is the baseline of the ratios")
     args = parser.parse_args(argv)
@@ -232,7 +267,8 @@ def main(argv=None):
         config = {"model": dict(vocab=256, dim=64, depth=4, heads=4), "batch": 2, "seq": 64}
     else:  # ~1.1B parameters: 24 blocks of width 2048 with a 32k vocabulary
         config = {"model": dict(vocab=32768, dim=2048, depth=24, heads=16), "batch": 4, "seq": 2048}
-    results = {name: run(name, config, args.steps, device, args.profile, args.memory) for name in args.runs}
+    results = {name: run(name, config, args.steps, device, args.profile, args.memory, args.host)
+               for name in args.runs}
     base = results[args.runs[0]]
     rows = [[name, r["params"] / 1e6, r["tokens_per_s"], r["peak_gib"], r["loss"],
              r["tokens_per_s"] / base["tokens_per_s"], r["peak_gib"] / base["peak_gib"]]

@@ -336,16 +336,24 @@ def exact_dequantize(q: NVFP4Tensor, amax: torch.Tensor, dtype: torch.dtype) -> 
     return w.to(dtype)
 
 
-def _exact_dequantize_tiles(codes, tiles, s_dec, amax, dtype) -> torch.Tensor:
+def _exact_dequantize_tiles(codes, tiles, s_dec, amax, dtype, out: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`exact_dequantize` from codes and one scale a tile: one Triton pass on CUDA (the
-    FSDP2 post-all-gather runs eagerly, where the reference's FP32 passes cost a step dearly)."""
+    FSDP2 post-all-gather runs eagerly, where the reference's FP32 passes cost a step dearly).
+    With ``out``, written into it: directly by the kernel where ``out`` is a contiguous tensor of
+    the right shape and dtype, else through a copy."""
     from .ops import _fast_path_available
 
     if _fast_path_available("exact_dequantize", codes):
         from .kernels.triton_dequant import exact_dequantize_2d
 
-        return exact_dequantize_2d(codes, tiles, s_dec, amax, dtype)
-    return exact_dequantize(_as_nvfp4(codes, tiles, s_dec), amax, dtype)
+        direct = out is not None and (out.shape == (codes.shape[0], codes.shape[1] * 2) and out.dtype == dtype
+                                      and out.is_contiguous() and out.device == codes.device)
+        weight = exact_dequantize_2d(codes, tiles, s_dec, amax, dtype, out=out if direct else None)
+    else:
+        weight = exact_dequantize(_as_nvfp4(codes, tiles, s_dec), amax, dtype)
+    if out is not None and weight is not out:
+        out.copy_(weight)
+    return weight if out is None else out
 
 
 # -- FSDP2 all-gather extension -----------------------------------------------------------
@@ -425,11 +433,11 @@ class NVFP4AllGatherWeight(torch.Tensor):
     def fsdp_post_all_gather(self, all_gather_outputs, metadata, param_dtype, *, out=None):
         codes, tiles = all_gather_outputs
         s_dec, amax = metadata
-        weight = _exact_dequantize_tiles(codes, tiles, s_dec, amax, param_dtype)
-        if out is not None:
+        if out is not None:  # FSDP2's unsharded parameter, from the second all-gather on: fill it in place
             with torch.no_grad():
-                out.copy_(weight)
+                _exact_dequantize_tiles(codes, tiles, s_dec, amax, param_dtype, out=out)
             return None
+        weight = _exact_dequantize_tiles(codes, tiles, s_dec, amax, param_dtype)
         return weight, (weight,)
 
 

@@ -335,6 +335,8 @@ def _largest_offset(t: torch.Tensor) -> int:
     n = t.numel()
     if n == 0:
         return 0
+    if t.is_contiguous():  # the common case, and the cheapest to decide
+        return n - 1
     if t.dim() == 2:
         (rows, cols), (row_stride, col_stride) = t.shape, t.stride()
         return max(n - 1, (rows - 1) * abs(row_stride) + (cols - 1) * abs(col_stride))
@@ -356,7 +358,7 @@ def _kernel_addressable(op: str, *tensors: torch.Tensor) -> bool:
 def _fast_path_available(op: str, *tensors: torch.Tensor) -> bool:
     """Whether ``op`` takes the Triton/cuBLASLt path for ``tensors`` (on one CUDA device): Triton
     installed, not opted out (``NVFP4_COMPILE_REFERENCE_KERNELS=1``), every tensor addressable."""
-    if tensors[0].device.type != "cuda" or os.environ.get("NVFP4_COMPILE_REFERENCE_KERNELS") == "1":
+    if not tensors[0].is_cuda or os.environ.get("NVFP4_COMPILE_REFERENCE_KERNELS") == "1":
         return False
     return _triton_installed() and _kernel_addressable(op, *tensors)
 

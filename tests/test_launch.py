@@ -23,10 +23,34 @@ class Compiled:
         self.launches.append(args)
 
 
+class Launcher:
+    """Triton's Python launcher: its C ``launch`` and the metadata that decides whether the
+    Python layer has work to do (a scratch buffer to allocate)."""
+
+    launch_cooperative_grid = False
+    launch_pdl = True
+
+    def __init__(self, scratch: int):
+        self.global_scratch_size = scratch
+        self.profile_scratch_size = 0
+        self.python_calls, self.c_calls = [], []
+        self.launch = lambda *args: self.c_calls.append(args)
+
+    def __call__(self, *args):
+        self.python_calls.append(args)
+
+
+class CompiledWithLauncher(Compiled):
+    def __init__(self, scratch: int):
+        super().__init__()
+        self.run = Launcher(scratch)
+
+
 class Kernel:
     """Parameters ``(x_ptr, n, BLOCK, FLAG=True)``, the last two constexprs."""
 
-    def __init__(self):
+    def __init__(self, compiled=Compiled):
+        self.make_compiled = compiled
         self.device_caches = {}
         self.params = [types.SimpleNamespace(name=n, default=d) for n, d in
                        (("x_ptr", None), ("n", None), ("BLOCK", None), ("FLAG", True))]
@@ -34,7 +58,7 @@ class Kernel:
 
     def __getitem__(self, grid):
         def run(*args, **kwargs):
-            self.compiled.append((grid, args, kwargs, Compiled()))
+            self.compiled.append((grid, args, kwargs, self.make_compiled()))
             return self.compiled[-1][3]
         return run
 
@@ -56,6 +80,32 @@ def test_second_launch_with_the_same_key_calls_the_compiled_launcher(kernel):
     assert len(kernel.compiled) == 1 and first is second
     # Every parameter in order, the constexprs and defaults included; the grid padded to 3-D.
     assert first.launches == [(5, 2, 1, 1234, "function-handle", "packed-metadata", None, None, None, x, 64, 32, True)]
+
+
+@pytest.mark.parametrize("scratch", [0, 256])
+def test_a_launcher_with_nothing_to_allocate_is_called_in_c(monkeypatch, scratch):
+    """Without a scratch buffer Triton's Python launcher only forwards to its C ``launch``: the
+    cached launch calls that directly, with the launcher's fixed arguments and no scratch; with
+    one, the Python launcher (which allocates it) is called."""
+    monkeypatch.setattr(launch, "_hooks_set", lambda: False)
+    monkeypatch.setattr(launch, "_current_stream", lambda device: 1234 + device)
+    monkeypatch.setattr(launch, "_current_device", lambda: 0)
+    monkeypatch.setattr(launch, "ENABLED", True)
+    kernel = Kernel(lambda: CompiledWithLauncher(scratch))
+    fast = launch.fast_launch(kernel)
+    x = torch.zeros(64)
+    compiled = fast[(3,)](x, 64, BLOCK=32)
+    fast[(5, 2)](x, 64, BLOCK=32, FLAG=False)  # another key: Triton again
+    fast[(7,)](x, 64, BLOCK=32)
+    launcher = compiled.run
+    args = (x, 64, 32, True)
+    if scratch:
+        assert launcher.c_calls == []
+        assert launcher.python_calls == [(7, 1, 1, 1234, "function-handle", "packed-metadata", None, None, None, *args)]
+    else:
+        assert launcher.python_calls == []
+        assert launcher.c_calls == [(7, 1, 1, 1234, "function-handle", False, True, None, None, "packed-metadata",
+                                     None, None, None, *args)]
 
 
 @pytest.mark.parametrize("change", ["misaligned tensor", "dtype", "integer", "constexpr", "option"])

@@ -188,10 +188,14 @@ for case in ("plain", "inf", "zero"):
         amax = ncd.local_amax(w.to(dt))
         codes, tiles, s_dec = ncd.quantize_2d_with_amax(w.to(dt), amax)
         want = ncd.exact_dequantize(ncd._as_nvfp4(codes, tiles, s_dec), amax, dt)
-        got = exact_dequantize_2d(codes, tiles, s_dec, amax, dt)
-        same_nan = torch.equal(got.isnan(), want.isnan())
-        if not (same_nan and torch.equal(got.nan_to_num().view(torch.uint8), want.nan_to_num().view(torch.uint8))):
-            bad.append(("exact_dequantize_2d", case, str(dt)))
+        into = torch.full_like(want, 7.0)
+        for got in (exact_dequantize_2d(codes, tiles, s_dec, amax, dt), exact_dequantize_2d(codes, tiles, s_dec,
+                                                                                            amax, dt, out=into)):
+            same_nan = torch.equal(got.isnan(), want.isnan())
+            if not (same_nan and torch.equal(got.nan_to_num().view(torch.uint8), want.nan_to_num().view(torch.uint8))):
+                bad.append(("exact_dequantize_2d", case, str(dt)))
+        if exact_dequantize_2d(codes, tiles, s_dec, amax, dt, out=into) is not into:
+            bad.append(("exact_dequantize_2d out", case, str(dt)))
 print("mismatches:", bad)
 """
     env = {**os.environ, "TRITON_INTERPRET": "1"}
@@ -805,9 +809,14 @@ def test_exact_dequantize_kernel_equals_the_reference(dtype):
         amax = ncd.local_amax(x)
         codes, tiles, s_dec = ncd.quantize_2d_with_amax(x, amax)
         want = ncd.exact_dequantize(ncd._as_nvfp4(codes, tiles, s_dec), amax, dtype)
-        got = exact_dequantize_2d(codes.cuda(), tiles.cuda(), s_dec.cuda(), amax.cuda(), dtype).cpu()
-        assert torch.equal(got.isnan(), want.isnan())
-        assert torch.equal(got.nan_to_num().view(torch.uint8), want.nan_to_num().view(torch.uint8))
+        into = torch.full(want.shape, 7.0, dtype=dtype, device="cuda")
+        args = (codes.cuda(), tiles.cuda(), s_dec.cuda(), amax.cuda(), dtype)
+        assert exact_dequantize_2d(*args, out=into) is into  # FSDP2's unsharded parameter, filled in place
+        for got in (exact_dequantize_2d(*args).cpu(), into.cpu()):
+            assert torch.equal(got.isnan(), want.isnan())
+            assert torch.equal(got.nan_to_num().view(torch.uint8), want.nan_to_num().view(torch.uint8))
+        with pytest.raises(ValueError, match="contiguous"):
+            exact_dequantize_2d(*args, out=into.t())
 
 
 @gpu

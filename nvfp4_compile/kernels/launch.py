@@ -60,19 +60,31 @@ MAX_LAUNCHERS = 4096
 
 
 def _launch_key(args, kwargs) -> tuple:
-    """Keyword arguments with their names; a tensor's dtype, device and 16-byte alignment; any
-    other argument's type and value (flat: a dtype never equals a type, so nothing aliases)."""
+    """Keyword arguments with their names; a tensor's dtype and 16-byte alignment; any other
+    argument's type and value (flat: a dtype never equals a type, so nothing aliases). A tensor's
+    device is left out: Triton compiles and launches for the current device, which the caller
+    keys on, whatever device a pointer belongs to."""
     key = [tuple(kwargs.items())]
     append = key.append
+    tensor = torch.Tensor
     for a in args:
-        if isinstance(a, torch.Tensor):
+        if isinstance(a, tensor):
             append(a.dtype)
-            append(a.get_device())
-            append(a.data_ptr() % 16 == 0)
+            append(not a.data_ptr() & 15)
         else:
             append(type(a))
             append(a)
     return tuple(key)
+
+
+def _direct_launch(compiled):
+    """Triton's C launch function and its fixed leading arguments, where the launch needs nothing
+    the Python launcher adds (no global or profile scratch buffer to allocate); else None."""
+    launcher = compiled.run
+    launch = getattr(launcher, "launch", None)
+    if launch is None or getattr(launcher, "global_scratch_size", 1) or getattr(launcher, "profile_scratch_size", 1):
+        return None
+    return launch, launcher.launch_cooperative_grid, launcher.launch_pdl
 
 
 class FastLaunch:
@@ -100,20 +112,21 @@ class FastLaunch:
                 return compiled
             if len(self._launchers) >= MAX_LAUNCHERS:  # many shapes (dynamic sizes): start over
                 self._launchers.clear()
-            self._launchers[key] = (compiled, self._trailing_arguments(len(args)))
+            # The parameters after the positional arguments (constexprs included: the launcher
+            # takes every parameter) are fixed by the key's keyword arguments.
+            trailing = tuple(kwargs.get(p.name, p.default) for p in self.fn.params[len(args):])
+            self._launchers[key] = (compiled, trailing, _direct_launch(compiled))
             return compiled
-        compiled, trailing = entry
-        values = args + tuple(kwargs.get(name, default) for name, default in trailing)
+        compiled, trailing, direct = entry
         grid = tuple(grid) + (1, 1)
-        compiled.run(grid[0], grid[1], grid[2], _current_stream(device), compiled.function,
-                     compiled.packed_metadata, None, None, None, *values)
+        if direct is not None:
+            launch, cooperative, pdl = direct
+            launch(grid[0], grid[1], grid[2], _current_stream(device), compiled.function, cooperative, pdl,
+                   None, None, compiled.packed_metadata, None, None, None, *args, *trailing)
+        else:
+            compiled.run(grid[0], grid[1], grid[2], _current_stream(device), compiled.function,
+                         compiled.packed_metadata, None, None, None, *args, *trailing)
         return compiled
-
-    def _trailing_arguments(self, positional: int) -> tuple:
-        """(name, default) of the kernel parameters after the positional arguments, in order: the
-        launcher takes every parameter, constexprs included."""
-        params = self.fn.params[positional:]
-        return tuple((p.name, p.default) for p in params)
 
 
 def fast_launch(fn) -> FastLaunch:

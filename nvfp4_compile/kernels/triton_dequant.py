@@ -123,16 +123,24 @@ def _exact_dequant_2d_kernel(codes_ptr, tiles_ptr, s_dec_ptr, amax_ptr, top_ptr,
 
 
 def exact_dequantize_2d(codes: torch.Tensor, tile_bits: torch.Tensor, s_dec: torch.Tensor, amax: torch.Tensor,
-                        dtype: torch.dtype) -> torch.Tensor:
+                        dtype: torch.dtype, out: torch.Tensor | None = None) -> torch.Tensor:
     """The exact dequantization of a 16x16-quantized weight (``codes [R, K/2]``, one E4M3 scale a
     tile ``[R/16, K/16]``), its largest magnitude pinned to ``amax``, in ``dtype``: one pass.
 
     The largest magnitude of the dequantized tensor is ``6 * 448 * S_dec`` (code 6 in a tile of
     scale 448 holds the amax; no value exceeds it) unless a tile is non-finite (a NaN scale:
     the maximum is NaN and nothing is pinned), decided here without a host sync. A zero weight
-    has no element of that magnitude, so nothing is pinned either."""
+    has no element of that magnitude, so nothing is pinned either.
+
+    ``out``: a contiguous ``[R, K]`` tensor of ``dtype`` on the same device to write into (FSDP2's
+    unsharded parameter, from the second all-gather on) instead of a new one."""
     R, K = codes.shape[0], codes.shape[1] * 2
-    out = torch.empty((R, K), dtype=dtype, device=codes.device)
+    if out is None:
+        out = torch.empty((R, K), dtype=dtype, device=codes.device)
+    elif not (out.shape == (R, K) and out.dtype == dtype and out.is_contiguous() and out.device == codes.device):
+        raise ValueError(f"exact_dequantize_2d: out must be a contiguous {dtype} tensor of shape {(R, K)} on "
+                         f"{codes.device}; got {out.dtype} {tuple(out.shape)} on {out.device}"
+                         f"{'' if out.is_contiguous() else ', not contiguous'}")
     if not (R and K):
         return out
     s_dec = s_dec.to(torch.float32)

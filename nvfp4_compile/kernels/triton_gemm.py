@@ -131,13 +131,18 @@ def _epilogue_kernel(acc_ptr, a_scale_ptr, b_scale_ptr, bias_ptr, out_ptr, M, N,
 _EPILOGUE = fast_launch(_epilogue_kernel)
 
 
+def _fp32_scalar(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as an FP32 0-dim tensor; as it comes, without a dispatched op, when it is one already
+    (the ops' own S_dec: every GEMM call pays for this check)."""
+    return t if t.dtype == torch.float32 and t.dim() == 0 else t.reshape(()).to(torch.float32)
+
+
 def _prepare(a_scale, b_scale, M, N, K, bias, out_dtype, device, strategy):
     """(strategy, FP32 scales, the output, whether it is already complete: an empty product)."""
     strategy = strategy or DEFAULT_STRATEGY
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown GEMM strategy {strategy!r}; expected one of {STRATEGIES}")
-    a_scale = a_scale.reshape(()).to(torch.float32)
-    b_scale = b_scale.reshape(()).to(torch.float32)
+    a_scale, b_scale = _fp32_scalar(a_scale), _fp32_scalar(b_scale)
     out = torch.empty((M, N), dtype=out_dtype, device=device)
     if M and N and K == 0:  # an empty sum: the bias (or zero), rounded once
         out.copy_(bias.expand(M, N)) if bias is not None else out.zero_()
