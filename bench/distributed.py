@@ -23,6 +23,8 @@ in the Python collective calls (FSDP2) or a DDP communication hook; a rich table
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import sys
 import time
@@ -96,7 +98,8 @@ def profile(name: str, step, device: torch.device, rows: int = 25) -> dict:
     return {"wall_ms": wall, "compute_kernels_ms": compute, "nccl_kernels_ms": nccl}
 
 
-def run(name: str, config: dict, steps: int, device: torch.device, parallel: str, profile_steps: bool = False) -> dict:
+def run(name: str, config: dict, steps: int, device: torch.device, parallel: str, profile_steps: bool = False,
+        memory: bool = False) -> dict:
     backend, fp4_all_gather = CONFIGS[name]
     torch._dynamo.reset()
     counter = ncd.CommBytes()
@@ -126,8 +129,16 @@ def run(name: str, config: dict, steps: int, device: torch.device, parallel: str
     per_step = {k: v / steps for k, v in counter.input.items()}
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     profiled = profile(name, step, device) if profile_steps else None
+    at_peak = None
+    if memory and device.type == "cuda":  # every rank steps (the collectives need both); rank 0 prints
+        from bench.train_step import memory_at_peak
+
+        with contextlib.redirect_stdout(sys.stdout if dist.get_rank() == 0 else io.StringIO()):
+            print(f"{name}: memory at the peak of one step (rank 0)")
+            at_peak = memory_at_peak(step)
     return {
         "profile": profiled,
+        "memory": at_peak,
         "tokens_per_s": world * steps * batch * seq / elapsed_max.item(),
         "all_gather_mb": per_step.get("all_gather", 0) / 2**20,
         "reduce_scatter_mb": per_step.get("reduce_scatter", 0) / 2**20,
@@ -146,7 +157,11 @@ def main(argv=None):
     parser.add_argument("--parallel", choices=["fsdp", "ddp"], default="fsdp")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--profile", action="store_true",
-                        help="after the timed steps, two profiled steps a configuration (printed by rank 0)")
+                        help="after the timed steps, two profiled steps a configuration (printed by rank 0); the "
+                             "configurations timed after a profiled one measured slower (bench/RESULTS.md): "
+                             "take tokens/s from a run without it")
+    parser.add_argument("--memory", action="store_true",
+                        help="after the timed steps, what is live at the peak of one step (rank 0)")
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     parser.add_argument("--size", choices=["1b", "small"], default="1b",
                         help="small: 4 blocks of width 2048 (each block is its own graph under FSDP2)")
@@ -168,7 +183,7 @@ def main(argv=None):
         config = {"model": {"vocab": 32768, "dim": 2048, "depth": depth, "heads": 16}, "batch": 4, "seq": 2048}
         steps = args.steps
     names = [n for n in args.configs if args.parallel == "fsdp" or not CONFIGS[n][1]]
-    results = {name: run(name, config, steps, device, args.parallel, args.profile) for name in names}
+    results = {name: run(name, config, steps, device, args.parallel, args.profile, args.memory) for name in names}
     if dist.get_rank() == 0:
         base = results.get("bf16")
         rows = [[name, r["tokens_per_s"], r["tokens_per_s"] / base["tokens_per_s"] if base else float("nan"), r["all_gather_mb"],

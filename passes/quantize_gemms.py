@@ -82,8 +82,9 @@ def _bf16_operands(placeholders: list[Node]) -> bool:
     """Whether ``bf16_operands`` applies: by default where the GEMMs run emulated (a CUDA device
     that is not one the sm_100a GEMM serves), unless the NVFP4 weight all-gather is on in this
     process (``nvfp4_compile.distributed.fp4_all_gather_enabled``: its peak memory grew with BF16
-    operands); ``NVFP4_COMPILE_BF16_OPERANDS=0`` never, ``=1`` always (on CPUs too: the
-    references of both forms agree bit for bit)."""
+    operands in one measurement; a later one gave the same peak either way and BF16 operands no
+    faster there, bench/RESULTS.md); ``NVFP4_COMPILE_BF16_OPERANDS=0`` never, ``=1`` always (on
+    CPUs too: the references of both forms agree bit for bit)."""
     setting = os.environ.get(BF16_OPERANDS_ENV, "")
     if setting in ("0", "1"):
         return setting == "1"
