@@ -539,6 +539,22 @@ def test_quantize_2d_with_amax_equals_quantize_on_the_whole_tensor():
     assert torch.equal(again.global_scale, q.global_scale)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_post_all_gather_fills_fsdp2s_unsharded_parameter_in_place(dtype):
+    """From the second all-gather on, FSDP2 passes the unsharded parameter as ``out``: the exact
+    dequantization lands in it (and nothing is returned), equal to the first call's new tensor."""
+    torch.manual_seed(0)
+    w = torch.randn(64, 32).to(dtype)
+    amax = ncd.local_amax(w)
+    codes, tiles, s_dec = ncd.quantize_2d_with_amax(w, amax)
+    shard = ncd.NVFP4AllGatherWeight(w[:32].clone())
+    first, inner = shard.fsdp_post_all_gather((codes, tiles), (s_dec, amax), dtype)
+    assert inner == (first,) and first.dtype == dtype
+    for out in (torch.full((64, 32), 7.0, dtype=dtype), torch.full((32, 64), 7.0, dtype=dtype).t()):
+        assert shard.fsdp_post_all_gather((codes, tiles), (s_dec, amax), dtype, out=out) is None
+        assert torch.equal(out, first)  # a non-contiguous ``out`` is filled through a copy
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < WORLD, reason="needs 2 CUDA devices")
 @pytest.mark.parametrize("kernels", ["reference", "triton"])
