@@ -85,8 +85,9 @@ def profile(name: str, step, device: torch.device, rows: int = 25) -> dict:
             torch.cuda.synchronize()
     wall = (time.perf_counter() - start) / 2 * 1e3
     events = prof.key_averages()
-    compute = sum(e.self_device_time_total for e in events if "nccl" not in e.key.lower()) / 2 / 1e3
-    nccl = sum(e.self_device_time_total for e in events if "nccl" in e.key.lower()) / 2 / 1e3
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    compute = sum(e.device_time for e in kernels if "nccl" not in e.name.lower()) / 2 / 1e3
+    nccl = sum(e.device_time for e in kernels if "nccl" in e.name.lower()) / 2 / 1e3
     if dist.get_rank() == 0:
         if device.type == "cuda":
             print(f"{name}: device time by kernel over 2 steps")
@@ -98,8 +99,22 @@ def profile(name: str, step, device: torch.device, rows: int = 25) -> dict:
     return {"wall_ms": wall, "compute_kernels_ms": compute, "nccl_kernels_ms": nccl}
 
 
-def run(name: str, config: dict, steps: int, device: torch.device, parallel: str, profile_steps: bool = False,
-        memory: bool = False) -> dict:
+def profile_run(name: str, config: dict, device: torch.device, parallel: str) -> dict:
+    """``name`` built, compiled and warmed up again, then profiled (:func:`profile`): after every
+    configuration's timed steps, so that no timing follows a profiler session."""
+    backend, fp4_all_gather = CONFIGS[name]
+    torch._dynamo.reset()
+    model, compiled, _ = build(config, device, parallel, backend, fp4_all_gather, ncd.CommBytes())
+    ncd.seed_per_rank(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+    tokens = torch.randint(0, config["model"]["vocab"], (config["batch"], config["seq"] + 1), device=device)
+    after = (lambda: ncd.precompute_amax(model, torch.bfloat16)) if fp4_all_gather else None
+    step = lm_training_step(compiled, opt, tokens, after)
+    warm_up(step, device)
+    return profile(name, step, device)
+
+
+def run(name: str, config: dict, steps: int, device: torch.device, parallel: str, memory: bool = False) -> dict:
     backend, fp4_all_gather = CONFIGS[name]
     torch._dynamo.reset()
     counter = ncd.CommBytes()
@@ -128,7 +143,6 @@ def run(name: str, config: dict, steps: int, device: torch.device, parallel: str
     world = dist.get_world_size()
     per_step = {k: v / steps for k, v in counter.input.items()}
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    profiled = profile(name, step, device) if profile_steps else None
     at_peak = None
     if memory and device.type == "cuda":  # every rank steps (the collectives need both); rank 0 prints
         from bench.train_step import memory_at_peak
@@ -137,7 +151,6 @@ def run(name: str, config: dict, steps: int, device: torch.device, parallel: str
             print(f"{name}: memory at the peak of one step (rank 0)")
             at_peak = memory_at_peak(step)
     return {
-        "profile": profiled,
         "memory": at_peak,
         "tokens_per_s": world * steps * batch * seq / elapsed_max.item(),
         "all_gather_mb": per_step.get("all_gather", 0) / 2**20,
@@ -157,9 +170,9 @@ def main(argv=None):
     parser.add_argument("--parallel", choices=["fsdp", "ddp"], default="fsdp")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--profile", action="store_true",
-                        help="after the timed steps, two profiled steps a configuration (printed by rank 0); the "
-                             "configurations timed after a profiled one measured slower (bench/RESULTS.md): "
-                             "take tokens/s from a run without it")
+                        help="after every configuration's timed steps, each one built again and two of its "
+                             "steps profiled (printed by rank 0); a configuration timed after a profiled one once "
+                             "measured slower (bench/RESULTS.md), so no timing follows a profile")
     parser.add_argument("--memory", action="store_true",
                         help="after the timed steps, what is live at the peak of one step (rank 0)")
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
@@ -183,7 +196,10 @@ def main(argv=None):
         config = {"model": {"vocab": 32768, "dim": 2048, "depth": depth, "heads": 16}, "batch": 4, "seq": 2048}
         steps = args.steps
     names = [n for n in args.configs if args.parallel == "fsdp" or not CONFIGS[n][1]]
-    results = {name: run(name, config, steps, device, args.parallel, args.profile, args.memory) for name in names}
+    results = {name: run(name, config, steps, device, args.parallel, args.memory) for name in names}
+    if args.profile:
+        for name in names:
+            results[name]["profile"] = profile_run(name, config, device, args.parallel)
     if dist.get_rank() == 0:
         base = results.get("bf16")
         rows = [[name, r["tokens_per_s"], r["tokens_per_s"] / base["tokens_per_s"] if base else float("nan"), r["all_gather_mb"],
