@@ -99,34 +99,32 @@ def profile(name: str, step, device: torch.device, rows: int = 25) -> dict:
     return {"wall_ms": wall, "compute_kernels_ms": compute, "nccl_kernels_ms": nccl}
 
 
-def profile_run(name: str, config: dict, device: torch.device, parallel: str) -> dict:
-    """``name`` built, compiled and warmed up again, then profiled (:func:`profile`): after every
-    configuration's timed steps, so that no timing follows a profiler session."""
+def warmed_up_step(name: str, config: dict, device: torch.device, parallel: str, counter):
+    """``name``'s model built and compiled, with its optimizer: (the training step, compiled and
+    warmed up; the layers whose weights FSDP2 all-gathers as NVFP4)."""
     backend, fp4_all_gather = CONFIGS[name]
     torch._dynamo.reset()
-    model, compiled, _ = build(config, device, parallel, backend, fp4_all_gather, ncd.CommBytes())
+    model, compiled, enabled = build(config, device, parallel, backend, fp4_all_gather, counter)
     ncd.seed_per_rank(0)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
     tokens = torch.randint(0, config["model"]["vocab"], (config["batch"], config["seq"] + 1), device=device)
     after = (lambda: ncd.precompute_amax(model, torch.bfloat16)) if fp4_all_gather else None
     step = lm_training_step(compiled, opt, tokens, after)
     warm_up(step, device)
+    return step, enabled
+
+
+def profile_run(name: str, config: dict, device: torch.device, parallel: str) -> dict:
+    """``name`` built, compiled and warmed up again, then profiled (:func:`profile`): after every
+    configuration's timed steps, so that no timing follows a profiler session."""
+    step, _ = warmed_up_step(name, config, device, parallel, ncd.CommBytes())
     return profile(name, step, device)
 
 
 def run(name: str, config: dict, steps: int, device: torch.device, parallel: str, memory: bool = False) -> dict:
-    backend, fp4_all_gather = CONFIGS[name]
-    torch._dynamo.reset()
     counter = ncd.CommBytes()
-    model, compiled, enabled = build(config, device, parallel, backend, fp4_all_gather, counter)
-    ncd.seed_per_rank(0)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
-    batch, seq, vocab = config["batch"], config["seq"], config["model"]["vocab"]
-    tokens = torch.randint(0, vocab, (batch, seq + 1), device=device)
-
-    after = (lambda: ncd.precompute_amax(model, torch.bfloat16)) if fp4_all_gather else None
-    step = lm_training_step(compiled, opt, tokens, after)
-    warm_up(step, device)
+    step, enabled = warmed_up_step(name, config, device, parallel, counter)
+    batch, seq = config["batch"], config["seq"]
     dist.barrier()
     counter.__init__()
     start = time.perf_counter()

@@ -8,7 +8,8 @@ scales (the wgrad operand the forward saves, ``RHT(X^T)``) and ``B [N, K]`` as B
 question it answers: can a Triton kernel fold the dequantize pass into the GEMM's operand loads
 without losing more GEMM time than the pass costs? Every NVFP4 row is checked against the
 package's result (same values; FP32 sums in another order, so compared with a tolerance).
-The kernel here is a measurement, not a package path.
+The kernel here is a measurement, not a package path; it has its own loop because the
+package's ``triton_gemm._gemm_kernel`` decodes both operands or neither.
 """
 
 from __future__ import annotations

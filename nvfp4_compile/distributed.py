@@ -339,21 +339,15 @@ def exact_dequantize(q: NVFP4Tensor, amax: torch.Tensor, dtype: torch.dtype) -> 
 def _exact_dequantize_tiles(codes, tiles, s_dec, amax, dtype, out: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`exact_dequantize` from codes and one scale a tile: one Triton pass on CUDA (the
     FSDP2 post-all-gather runs eagerly, where the reference's FP32 passes cost a step dearly).
-    With ``out``, written into it: directly by the kernel where ``out`` is a contiguous tensor of
-    the right shape and dtype, else through a copy."""
+    With ``out``, written into it (``exact_dequantize_2d``'s ``out``; a copy on the reference path)."""
     from .ops import _fast_path_available
 
     if _fast_path_available("exact_dequantize", codes):
         from .kernels.triton_dequant import exact_dequantize_2d
 
-        direct = out is not None and (out.shape == (codes.shape[0], codes.shape[1] * 2) and out.dtype == dtype
-                                      and out.is_contiguous() and out.device == codes.device)
-        weight = exact_dequantize_2d(codes, tiles, s_dec, amax, dtype, out=out if direct else None)
-    else:
-        weight = exact_dequantize(_as_nvfp4(codes, tiles, s_dec), amax, dtype)
-    if out is not None and weight is not out:
-        out.copy_(weight)
-    return weight if out is None else out
+        return exact_dequantize_2d(codes, tiles, s_dec, amax, dtype, out=out)
+    weight = exact_dequantize(_as_nvfp4(codes, tiles, s_dec), amax, dtype)
+    return weight if out is None else out.copy_(weight)
 
 
 # -- FSDP2 all-gather extension -----------------------------------------------------------

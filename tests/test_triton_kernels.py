@@ -196,6 +196,12 @@ for case in ("plain", "inf", "zero"):
                 bad.append(("exact_dequantize_2d", case, str(dt)))
         if exact_dequantize_2d(codes, tiles, s_dec, amax, dt, out=into) is not into:
             bad.append(("exact_dequantize_2d out", case, str(dt)))
+        strided = torch.full((want.shape[1], want.shape[0]), 7.0, dtype=dt).t()  # filled through a copy
+        exact_dequantize_2d(codes, tiles, s_dec, amax, dt, out=strided)
+        if not (torch.equal(strided.isnan(), want.isnan())
+                and torch.equal(strided.contiguous().nan_to_num().view(torch.uint8),
+                                want.nan_to_num().view(torch.uint8))):
+            bad.append(("exact_dequantize_2d strided out", case, str(dt)))
 print("mismatches:", bad)
 """
     env = {**os.environ, "TRITON_INTERPRET": "1"}
@@ -815,8 +821,13 @@ def test_exact_dequantize_kernel_equals_the_reference(dtype):
         for got in (exact_dequantize_2d(*args).cpu(), into.cpu()):
             assert torch.equal(got.isnan(), want.isnan())
             assert torch.equal(got.nan_to_num().view(torch.uint8), want.nan_to_num().view(torch.uint8))
-        with pytest.raises(ValueError, match="contiguous"):
-            exact_dequantize_2d(*args, out=into.t())
+        strided = torch.full((want.shape[1], want.shape[0]), 7.0, dtype=dtype, device="cuda").t()
+        assert exact_dequantize_2d(*args, out=strided) is strided  # not contiguous: filled through a copy
+        got = strided.contiguous().cpu()
+        assert torch.equal(got.isnan(), want.isnan())
+        assert torch.equal(got.nan_to_num().view(torch.uint8), want.nan_to_num().view(torch.uint8))
+        with pytest.raises(ValueError, match="out must be"):
+            exact_dequantize_2d(*args, out=into.t())  # the wrong shape
 
 
 @gpu

@@ -132,20 +132,21 @@ def exact_dequantize_2d(codes: torch.Tensor, tile_bits: torch.Tensor, s_dec: tor
     the maximum is NaN and nothing is pinned), decided here without a host sync. A zero weight
     has no element of that magnitude, so nothing is pinned either.
 
-    ``out``: a contiguous ``[R, K]`` tensor of ``dtype`` on the same device to write into (FSDP2's
-    unsharded parameter, from the second all-gather on) instead of a new one."""
+    ``out``: an ``[R, K]`` tensor of ``dtype`` on the same device to fill (FSDP2's unsharded
+    parameter, from the second all-gather on) instead of a new one; written by the kernel where
+    it is contiguous, through a copy where not."""
     R, K = codes.shape[0], codes.shape[1] * 2
-    if out is None:
-        out = torch.empty((R, K), dtype=dtype, device=codes.device)
-    elif not (out.shape == (R, K) and out.dtype == dtype and out.is_contiguous() and out.device == codes.device):
-        raise ValueError(f"exact_dequantize_2d: out must be a contiguous {dtype} tensor of shape {(R, K)} on "
-                         f"{codes.device}; got {out.dtype} {tuple(out.shape)} on {out.device}"
-                         f"{'' if out.is_contiguous() else ', not contiguous'}")
+    if out is not None and not (out.shape == (R, K) and out.dtype == dtype and out.device == codes.device):
+        raise ValueError(f"exact_dequantize_2d: out must be a {dtype} tensor of shape {(R, K)} on {codes.device}; "
+                         f"got {out.dtype} {tuple(out.shape)} on {out.device}")
+    target = out if out is not None and out.is_contiguous() else torch.empty((R, K), dtype=dtype, device=codes.device)
     if not (R and K):
-        return out
+        return target if out is None else out
     s_dec = s_dec.to(torch.float32)
     top = torch.where((tile_bits == 0x7F).any(), torch.full_like(s_dec, float("nan")), s_dec * 2688.0)
     grid = (cdiv(R, 32), cdiv(K, 128))
-    _exact_dequant_2d_kernel[grid](codes.contiguous(), tile_bits.contiguous(), s_dec, amax.to(torch.float32), top, out,
-                                   R, K, BLOCK_R=32, BLOCK_K=128, num_warps=4)
-    return out
+    _exact_dequant_2d_kernel[grid](codes.contiguous(), tile_bits.contiguous(), s_dec, amax.to(torch.float32), top,
+                                   target, R, K, BLOCK_R=32, BLOCK_K=128, num_warps=4)
+    if out is not None and target is not out:
+        out.copy_(target)
+    return target if out is None else out
