@@ -149,6 +149,89 @@ def _gemm_kernel(a_desc, a_codes_ptr, a_scales_ptr, b_desc, c_desc, alpha_ptr, M
 
 
 @gluon.jit
+def _load_a_operand(codes_ptr, scales_ptr, off_m, k0, stride_codes, stride_scales, BM: gl.constexpr,
+                    BK: gl.constexpr, layout: gl.constexpr):
+    """A's code bytes ``[BM, BK // 2]`` and, for each byte, its block's scale bits, in ``layout``
+    (the ``wgmma`` A-operand layout of one byte per two values: decoded, they land in the BF16
+    A-operand layout without moving)."""
+    rows = off_m + gl.arange(0, BM, layout=gl.SliceLayout(1, layout))
+    cols = k0 // 2 + gl.arange(0, BK // 2, layout=gl.SliceLayout(0, layout))
+    codes = gl.load(codes_ptr + gl.expand_dims(rows * stride_codes, 1) + gl.expand_dims(cols, 0))
+    scale_bits = gl.load(scales_ptr + gl.expand_dims(rows * stride_scales, 1) + gl.expand_dims(cols // 8, 0))
+    return codes, scale_bits
+
+
+@gluon.jit
+def _decode_a_operand(codes, scale_bits, BM: gl.constexpr, BK: gl.constexpr, operand: gl.constexpr):
+    """``[BM, BK]`` BF16 values ``q * s_b`` in the ``wgmma`` A-operand layout ``operand``."""
+    values = gl.convert_layout(gl.fp4_to_fp(codes, gl.bfloat16, 1), operand, assert_trivial=True)
+    scale = scale_bits.to(gl.float8e4nv, bitcast=True).to(gl.float32).to(gl.bfloat16)
+    scale = gl.convert_layout(gl.reshape(gl.join(scale, scale), [BM, BK]), operand)
+    return values * scale
+
+
+@gluon.jit
+def _rs_gemm_kernel(a_desc, a_codes_ptr, a_scales_ptr, b_desc, c_desc, alpha_ptr, M, N, K, stride_codes,
+                    stride_scales, STAGES: gl.constexpr, GROUP_M: gl.constexpr, num_warps: gl.constexpr):
+    """``_gemm_kernel``'s FP4-A product with A decoded in registers straight into the ``wgmma``
+    A-operand layout (``wgmma`` reads A from registers, B from shared memory): no shared-memory
+    handoff for A. Each step's codes are loaded one step ahead; a step's A registers stay live
+    until the next step's wait has seen its ``wgmma`` finish."""
+    BM: gl.constexpr = c_desc.block_type.shape[0]
+    BN: gl.constexpr = c_desc.block_type.shape[1]
+    BK: gl.constexpr = b_desc.block_type.shape[1]
+    pid = gl.program_id(0)
+    tiles_m = gl.cdiv(M, BM)
+    tiles_n = gl.cdiv(N, BN)
+    per_group = GROUP_M * tiles_n
+    first_m = (pid // per_group) * GROUP_M
+    group_rows = gl.minimum(tiles_m - first_m, GROUP_M)
+    off_m = (first_m + (pid % per_group) % group_rows) * BM
+    off_n = ((pid % per_group) // group_rows) * BN
+
+    mma_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                         instr_shape=[16, BN, 16])
+    operand: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma_layout, k_width=2)
+    byte_operand: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma_layout, k_width=1)
+    acc = gl.zeros((BM, BN), dtype=gl.float32, layout=mma_layout)
+    b_smem = gl.allocate_shared_memory(b_desc.dtype, [STAGES, BN, BK], b_desc.layout)
+    bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for p in gl.static_range(STAGES):
+        mbarrier.init(bars.index(p), count=1)
+    n_k = gl.cdiv(K, BK)
+    for p in gl.static_range(STAGES - 2):
+        if p < n_k:
+            mbarrier.expect(bars.index(p), b_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(b_desc, [off_n, p * BK], bars.index(p), b_smem.index(p))
+    codes, scale_bits = _load_a_operand(a_codes_ptr, a_scales_ptr, off_m, 0, stride_codes, stride_scales, BM, BK,
+                                        byte_operand)
+    a_prev = gl.zeros((BM, BK), dtype=gl.bfloat16, layout=operand)
+    for i in range(n_k):
+        s = i % STAGES
+        a = _decode_a_operand(codes, scale_bits, BM, BK, operand)
+        gl.thread_barrier()  # both warpgroups are past step i - 2's wgmma: its B stage can refill
+        j = i + STAGES - 2
+        if j < n_k:
+            sj = j % STAGES
+            mbarrier.expect(bars.index(sj), b_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(b_desc, [off_n, j * BK], bars.index(sj), b_smem.index(sj))
+        mbarrier.wait(bars.index(s), phase=(i // STAGES) & 1)
+        acc = warpgroup_mma(a, b_smem.index(s).permute((1, 0)), acc, is_async=True)
+        codes, scale_bits = _load_a_operand(a_codes_ptr, a_scales_ptr, off_m, gl.minimum(i + 1, n_k - 1) * BK,
+                                            stride_codes, stride_scales, BM, BK, byte_operand)
+        acc, a_prev = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a_prev))
+        a_prev = a
+    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
+    for p in gl.static_range(STAGES):
+        mbarrier.invalidate(bars.index(p))
+    c_smem = gl.allocate_shared_memory(c_desc.dtype, c_desc.block_type.shape, c_desc.layout)
+    c_smem.store((acc * gl.load(alpha_ptr)).to(c_desc.dtype))
+    fence_async_shared()
+    tma.async_copy_shared_to_global(c_desc, [off_m, off_n], c_smem)
+    tma.store_wait(pendings=0)
+
+
+@gluon.jit
 def _ws_consumer(bars, bufs, c_desc, alpha_ptr, off_m, off_n, K, BM: gl.constexpr, BN: gl.constexpr,
                  BK: gl.constexpr, num_warps: gl.constexpr):
     """The default partition: two warpgroups issue each step's ``wgmma`` once its decoded A and
@@ -269,6 +352,20 @@ def gluon_gemm(a_codes, a_scales, a_values, b, alpha, fp4_a: bool, config: tuple
     return c
 
 
+def gluon_rs_gemm(a_codes, a_scales, a_values, b, alpha, config: tuple, c=None):
+    """``gluon_gemm``'s FP4-A product with A decoded into ``wgmma``'s register operand (``_rs_gemm_kernel``)."""
+    bm, bn, bk, stages = config
+    M, N, K = a_values.shape[0], b.shape[0], b.shape[1]
+    if M % bm or N % bn or K % bk:
+        raise ValueError(f"shape {M}x{N}x{K} does not tile by {config}")
+    c = torch.empty((M, N), dtype=torch.bfloat16, device=b.device) if c is None else c
+    a_desc, b_desc, c_desc = _descriptors(a_values, b, c, config)
+    grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
+    _rs_gemm_kernel[grid](a_desc, a_codes, a_scales, b_desc, c_desc, alpha, M, N, K, a_codes.stride(0),
+                          a_scales.stride(0), STAGES=stages, GROUP_M=8, num_warps=8)
+    return c
+
+
 #: Register budgets (decoders: kernel maxnreg, a decoding warpgroup's) that fit the register file:
 #: 12 warps at 168 with one decoding warpgroup, 16 at 128 with two (then only 128-wide tiles
 #: compile: ptxas needs 154 registers for a 64x256 wgmma accumulator).
@@ -308,7 +405,8 @@ def compile_variants(configs) -> list[dict]:
                                               torch.empty((M, N), dtype=torch.bfloat16), config)
         descs = {"a_desc": mangle_type(a_desc), "b_desc": mangle_type(b_desc), "c_desc": mangle_type(c_desc)}
         variants = [("BF16 A", _gemm_kernel, {"FP4_A": False, "PROBE": 0}, {}),
-                    ("FP4 A", _gemm_kernel, {"FP4_A": True, "PROBE": 0}, {})]
+                    ("FP4 A", _gemm_kernel, {"FP4_A": True, "PROBE": 0}, {}),
+                    ("FP4 A in registers", _rs_gemm_kernel, {}, {})]
         for decoders, (maxnreg, regs) in WS_REGISTERS.items():
             if decoders == 1 or config[1] <= 128:
                 variants.append((f"FP4 A, {decoders} decoding warpgroup(s)", _ws_gemm_kernel,
@@ -369,6 +467,17 @@ def main(argv=None):
                         lambda: gluon_gemm(a_codes, a_scales, a_values, b, alpha_beta, fp4_a, config, c))
                 except Exception as err:  # a configuration that does not fit (shared memory) is reported
                     print(f"{shape} {label} {name}: skipped ({type(err).__name__}: {str(err)[:300]})")
+            try:
+                got = gluon_rs_gemm(a_codes, a_scales, a_values, b, alpha_beta, config).float()
+                err = ((got - want).abs().max() / want.abs().max()).item()
+                if err > 1e-2:
+                    print(f"{shape} Gluon FP4 A, registers {name}: relative error {err:.2e}: not timed")
+                else:
+                    c = torch.empty((M, N), dtype=torch.bfloat16, device="cuda")
+                    row[f"Gluon FP4 A, registers {name}"] = graph_median_ms(
+                        lambda: gluon_rs_gemm(a_codes, a_scales, a_values, b, alpha_beta, config, c))
+            except Exception as err:
+                print(f"{shape} Gluon FP4 A, registers {name}: skipped ({type(err).__name__}: {str(err)[:300]})")
             for decoders in (1, 2):
                 label = f"Gluon FP4 A, WS {decoders} {name}"
                 if decoders == 2 and config[1] > 128:
@@ -391,7 +500,8 @@ def main(argv=None):
         results[shape] = row
         base = row["BF16 torch.mm"]
         table_row = [shape, base, row["dequantize + cuBLASLt"] / base]
-        for label in ("Gluon BF16", "Gluon FP4 A ", "Gluon FP4 A, WS 1", "Gluon FP4 A, WS 2"):
+        for label in ("Gluon BF16", "Gluon FP4 A ", "Gluon FP4 A, registers", "Gluon FP4 A, WS 1",
+                      "Gluon FP4 A, WS 2"):
             timed = [(v, k.split()[-1]) for k, v in row.items() if k.startswith(label)]
             best = min(timed) if timed else (float("nan"), "-")
             table_row += [best[0] / base, best[1]]
@@ -401,7 +511,8 @@ def main(argv=None):
             print(shape, ", ".join(f"{k} {v / row['BF16 torch.mm']:.3f}x" for k, v in row.items()))
     report("GEMM with the saved FP4 operand (Gluon, wgmma), as a multiple of BF16 torch.mm",
            ["M x N x K", "torch.mm ms", "dequantize + cuBLASLt", "Gluon BF16", "tile", "Gluon FP4 A", "tile",
-            "FP4 A, 1 decoding warpgroup", "tile", "FP4 A, 2 decoding warpgroups", "tile"],
+            "FP4 A into wgmma registers", "tile", "FP4 A, 1 decoding warpgroup", "tile",
+            "FP4 A, 2 decoding warpgroups", "tile"],
            rows, "gluon_gemm", {"results_ms": results, "configs": args.configs})
 
 
