@@ -38,6 +38,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 @gluon.jit
+def _tile_offsets(M, N, BM: gl.constexpr, BN: gl.constexpr, GROUP_M: gl.constexpr):
+    """This program's output tile: tiles grouped along M, so that neighbouring programs share B's
+    tiles in L2."""
+    pid = gl.program_id(0)
+    tiles_m = gl.cdiv(M, BM)
+    per_group = GROUP_M * gl.cdiv(N, BN)
+    first_m = (pid // per_group) * GROUP_M
+    group_rows = gl.minimum(tiles_m - first_m, GROUP_M)
+    return (first_m + (pid % per_group) % group_rows) * BM, ((pid % per_group) // group_rows) * BN
+
+
+@gluon.jit
 def _load_a(codes_ptr, scales_ptr, off_m, k0, stride_codes, stride_scales, BM: gl.constexpr, BK: gl.constexpr,
             num_warps: gl.constexpr):
     """A's codes ``[BM, BK // 16, 8]`` (bytes) and scale bits ``[BM, BK // 16]`` of rows from
@@ -68,20 +80,14 @@ def _decode_a(codes, scale_bits, BM: gl.constexpr, BK: gl.constexpr):
 def _gemm_kernel(a_desc, a_codes_ptr, a_scales_ptr, b_desc, c_desc, alpha_ptr, M, N, K, stride_codes,
                  stride_scales, FP4_A: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr,
                  PROBE: gl.constexpr, num_warps: gl.constexpr):
-    """``PROBE`` (timing only, wrong results): 1 stores a constant A tile each step instead of
-    loading and decoding codes; 2 decodes and stores A but drops the barrier before the wgmma."""
+    """One ``[BM, BN]`` tile of C; A by TMA as BF16, or (``FP4_A``) decoded from its codes into one
+    of two shared-memory buffers by the warps that issue the ``wgmma``. ``PROBE`` (timing only,
+    wrong results): 1 stores a constant A tile each step instead of loading and decoding codes; 2
+    decodes and stores A but drops the barrier before the ``wgmma``."""
     BM: gl.constexpr = c_desc.block_type.shape[0]
     BN: gl.constexpr = c_desc.block_type.shape[1]
     BK: gl.constexpr = b_desc.block_type.shape[1]
-    # Tiles grouped along M, so that neighbouring programs share B's tiles in L2.
-    pid = gl.program_id(0)
-    tiles_m = gl.cdiv(M, BM)
-    tiles_n = gl.cdiv(N, BN)
-    per_group = GROUP_M * tiles_n
-    first_m = (pid // per_group) * GROUP_M
-    group_rows = gl.minimum(tiles_m - first_m, GROUP_M)
-    off_m = (first_m + (pid % per_group) % group_rows) * BM
-    off_n = ((pid % per_group) // group_rows) * BN
+    off_m, off_n = _tile_offsets(M, N, BM, BN, GROUP_M)
 
     mma_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                          instr_shape=[16, BN, 16])
@@ -180,14 +186,7 @@ def _rs_gemm_kernel(a_desc, a_codes_ptr, a_scales_ptr, b_desc, c_desc, alpha_ptr
     BM: gl.constexpr = c_desc.block_type.shape[0]
     BN: gl.constexpr = c_desc.block_type.shape[1]
     BK: gl.constexpr = b_desc.block_type.shape[1]
-    pid = gl.program_id(0)
-    tiles_m = gl.cdiv(M, BM)
-    tiles_n = gl.cdiv(N, BN)
-    per_group = GROUP_M * tiles_n
-    first_m = (pid // per_group) * GROUP_M
-    group_rows = gl.minimum(tiles_m - first_m, GROUP_M)
-    off_m = (first_m + (pid % per_group) % group_rows) * BM
-    off_n = ((pid % per_group) // group_rows) * BN
+    off_m, off_n = _tile_offsets(M, N, BM, BN, GROUP_M)
 
     mma_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                          instr_shape=[16, BN, 16])
@@ -295,14 +294,7 @@ def _ws_gemm_kernel(a_desc, a_codes_ptr, a_scales_ptr, b_desc, c_desc, alpha_ptr
     BM: gl.constexpr = c_desc.block_type.shape[0]
     BN: gl.constexpr = c_desc.block_type.shape[1]
     BK: gl.constexpr = b_desc.block_type.shape[1]
-    pid = gl.program_id(0)
-    tiles_m = gl.cdiv(M, BM)
-    tiles_n = gl.cdiv(N, BN)
-    per_group = GROUP_M * tiles_n
-    first_m = (pid // per_group) * GROUP_M
-    group_rows = gl.minimum(tiles_m - first_m, GROUP_M)
-    off_m = (first_m + (pid % per_group) % group_rows) * BM
-    off_n = ((pid % per_group) // group_rows) * BN
+    off_m, off_n = _tile_offsets(M, N, BM, BN, GROUP_M)
     a_smem = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BM, BK], a_desc.layout)
     b_smem = gl.allocate_shared_memory(b_desc.dtype, [STAGES, BN, BK], b_desc.layout)
     a_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
