@@ -285,12 +285,29 @@ def _ws_producer(bars, bufs, b_desc, a_codes_ptr, a_scales_ptr, off_m, off_n, K,
 
 
 @gluon.jit
+def _ws_tma_producer(bars, bufs, a_desc, b_desc, off_m, off_n, K, BK: gl.constexpr):
+    """The worker partition of the BF16 baseline (one warp): for each step, once its stage is free,
+    start the TMA copies of A's and B's tiles into it."""
+    a_ready, b_ready, empty = bars
+    a_smem, b_smem = bufs
+    STAGES: gl.constexpr = a_smem.type.shape[0]
+    for i in range(gl.cdiv(K, BK)):
+        s = i % STAGES
+        mbarrier.wait(empty.index(s), ((i // STAGES) & 1) ^ 1)
+        mbarrier.expect(a_ready.index(s), a_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(a_desc, [off_m, i * BK], a_ready.index(s), a_smem.index(s))
+        mbarrier.expect(b_ready.index(s), b_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(b_desc, [off_n, i * BK], b_ready.index(s), b_smem.index(s))
+
+
+@gluon.jit
 def _ws_gemm_kernel(a_desc, a_codes_ptr, a_scales_ptr, b_desc, c_desc, alpha_ptr, M, N, K, stride_codes,
                     stride_scales, STAGES: gl.constexpr, GROUP_M: gl.constexpr, DECODERS: gl.constexpr,
                     DECODE_REGS: gl.constexpr, num_warps: gl.constexpr):
     """``_gemm_kernel``'s FP4-A product with the decode in ``DECODERS`` (1 or 2) warpgroups of
     their own (warp specialization), each decoding its share of A's rows: the consumer warpgroups
-    only wait, issue ``wgmma`` and store."""
+    only wait, issue ``wgmma`` and store. ``DECODERS = 0``: the BF16 baseline of the same loop,
+    one warp starting both operands' TMA copies."""
     BM: gl.constexpr = c_desc.block_type.shape[0]
     BN: gl.constexpr = c_desc.block_type.shape[1]
     BK: gl.constexpr = b_desc.block_type.shape[1]
@@ -301,12 +318,17 @@ def _ws_gemm_kernel(a_desc, a_codes_ptr, a_scales_ptr, b_desc, c_desc, alpha_ptr
     b_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for p in gl.static_range(STAGES):
-        mbarrier.init(a_ready.index(p), count=DECODERS)  # one arrival from each decoding warpgroup
+        mbarrier.init(a_ready.index(p), count=DECODERS + (DECODERS == 0))  # one arrival from each decoding warpgroup
         mbarrier.init(b_ready.index(p), count=1)
         mbarrier.init(empty.index(p), count=1)
     bars = (a_ready, b_ready, empty)
     bufs = (a_smem, b_smem)
-    if DECODERS == 1:
+    if DECODERS == 0:
+        gl.warp_specialize([
+            (_ws_consumer, (bars, bufs, c_desc, alpha_ptr, off_m, off_n, K, BM, BN, BK, num_warps)),
+            (_ws_tma_producer, (bars, bufs, a_desc, b_desc, off_m, off_n, K, BK)),
+        ], [1], [DECODE_REGS])
+    elif DECODERS == 1:
         gl.warp_specialize([
             (_ws_consumer, (bars, bufs, c_desc, alpha_ptr, off_m, off_n, K, BM, BN, BK, num_warps)),
             (_ws_producer, (bars, bufs, b_desc, a_codes_ptr, a_scales_ptr, off_m, off_n, K, stride_codes,
@@ -358,10 +380,10 @@ def gluon_rs_gemm(a_codes, a_scales, a_values, b, alpha, config: tuple, c=None):
     return c
 
 
-#: Register budgets (decoders: kernel maxnreg, a decoding warpgroup's) that fit the register file:
-#: 12 warps at 168 with one decoding warpgroup, 16 at 128 with two (then only 128-wide tiles
-#: compile: ptxas needs 154 registers for a 64x256 wgmma accumulator).
-WS_REGISTERS = {1: (168, 96), 2: (128, 64)}
+#: Register budgets (decoders: kernel maxnreg, a worker partition's) that fit the register file:
+#: 12 warps at 168 with no decoding warpgroup (one TMA warp) or one, 16 at 128 with two (then
+#: only 128-wide tiles compile: ptxas needs 154 registers for a 64x256 wgmma accumulator).
+WS_REGISTERS = {0: (168, 24), 1: (168, 96), 2: (128, 64)}
 
 
 def gluon_ws_gemm(a_codes, a_scales, a_values, b, alpha, config: tuple, c=None, decoders: int = 1):
@@ -400,8 +422,9 @@ def compile_variants(configs) -> list[dict]:
                     ("FP4 A", _gemm_kernel, {"FP4_A": True, "PROBE": 0}, {}),
                     ("FP4 A in registers", _rs_gemm_kernel, {}, {})]
         for decoders, (maxnreg, regs) in WS_REGISTERS.items():
-            if decoders == 1 or config[1] <= 128:
-                variants.append((f"FP4 A, {decoders} decoding warpgroup(s)", _ws_gemm_kernel,
+            if decoders < 2 or config[1] <= 128:
+                name = f"FP4 A, {decoders} decoding warpgroup(s)" if decoders else "BF16 A, TMA warp"
+                variants.append((name, _ws_gemm_kernel,
                                  {"DECODERS": decoders, "DECODE_REGS": regs}, {"maxnreg": maxnreg}))
         for name, fn, flags, options in variants:
             constexprs = {**flags, "STAGES": config[3], "GROUP_M": 8, "num_warps": 8}
@@ -470,8 +493,8 @@ def main(argv=None):
                         lambda: gluon_rs_gemm(a_codes, a_scales, a_values, b, alpha_beta, config, c))
             except Exception as err:
                 print(f"{shape} Gluon FP4 A, registers {name}: skipped ({type(err).__name__}: {str(err)[:300]})")
-            for decoders in (1, 2):
-                label = f"Gluon FP4 A, WS {decoders} {name}"
+            for decoders in (0, 1, 2):
+                label = f"Gluon FP4 A, WS {decoders} {name}" if decoders else f"Gluon BF16, WS {name}"
                 if decoders == 2 and config[1] > 128:
                     continue  # does not compile (WS_REGISTERS)
                 try:
@@ -492,8 +515,8 @@ def main(argv=None):
         results[shape] = row
         base = row["BF16 torch.mm"]
         table_row = [shape, base, row["dequantize + cuBLASLt"] / base]
-        for label in ("Gluon BF16", "Gluon FP4 A ", "Gluon FP4 A, registers", "Gluon FP4 A, WS 1",
-                      "Gluon FP4 A, WS 2"):
+        for label in ("Gluon BF16 ", "Gluon BF16, WS", "Gluon FP4 A ", "Gluon FP4 A, registers",
+                      "Gluon FP4 A, WS 1", "Gluon FP4 A, WS 2"):
             timed = [(v, k.split()[-1]) for k, v in row.items() if k.startswith(label)]
             best = min(timed) if timed else (float("nan"), "-")
             table_row += [best[0] / base, best[1]]
@@ -502,7 +525,8 @@ def main(argv=None):
         for shape, row in results.items():
             print(shape, ", ".join(f"{k} {v / row['BF16 torch.mm']:.3f}x" for k, v in row.items()))
     report("GEMM with the saved FP4 operand (Gluon, wgmma), as a multiple of BF16 torch.mm",
-           ["M x N x K", "torch.mm ms", "dequantize + cuBLASLt", "Gluon BF16", "tile", "Gluon FP4 A", "tile",
+           ["M x N x K", "torch.mm ms", "dequantize + cuBLASLt", "Gluon BF16", "tile",
+            "Gluon BF16, TMA warp", "tile", "Gluon FP4 A", "tile",
             "FP4 A into wgmma registers", "tile", "FP4 A, 1 decoding warpgroup", "tile",
             "FP4 A, 2 decoding warpgroups", "tile"],
            rows, "gluon_gemm", {"results_ms": results, "configs": args.configs})

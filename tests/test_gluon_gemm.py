@@ -34,6 +34,7 @@ def test_every_variant_compiles_for_sm90a_within_shared_memory():
     names = {(r["config"], r["variant"]) for r in rows}
     assert ("128x128x64x4", "FP4 A, 2 decoding warpgroup(s)") in names
     assert ("128x256x64x3", "FP4 A, 1 decoding warpgroup(s)") in names
+    assert ("128x256x64x3", "BF16 A, TMA warp") in names
     assert ("128x256x64x3", "FP4 A, 2 decoding warpgroup(s)") not in names  # too few registers: not offered
     for r in rows:
         assert 0 < r["shared"] <= H100_SHARED_BYTES, r
