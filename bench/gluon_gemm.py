@@ -50,6 +50,16 @@ def _tile_offsets(M, N, BM: gl.constexpr, BN: gl.constexpr, GROUP_M: gl.constexp
 
 
 @gluon.jit
+def _store_tile(acc, c_desc, alpha_ptr, off_m, off_n):
+    """``alpha * acc`` rounded once to C's type, written by TMA through shared memory."""
+    c_smem = gl.allocate_shared_memory(c_desc.dtype, c_desc.block_type.shape, c_desc.layout)
+    c_smem.store((acc * gl.load(alpha_ptr)).to(c_desc.dtype))
+    fence_async_shared()
+    tma.async_copy_shared_to_global(c_desc, [off_m, off_n], c_smem)
+    tma.store_wait(pendings=0)
+
+
+@gluon.jit
 def _load_a(codes_ptr, scales_ptr, off_m, k0, stride_codes, stride_scales, BM: gl.constexpr, BK: gl.constexpr,
             num_warps: gl.constexpr):
     """A's codes ``[BM, BK // 16, 8]`` (bytes) and scale bits ``[BM, BK // 16]`` of rows from
@@ -147,11 +157,7 @@ def _gemm_kernel(a_desc, a_codes_ptr, a_scales_ptr, b_desc, c_desc, alpha_ptr, M
     for p in gl.static_range(STAGES):
         mbarrier.invalidate(bars.index(p))
 
-    c_smem = gl.allocate_shared_memory(c_desc.dtype, c_desc.block_type.shape, c_desc.layout)
-    c_smem.store((acc * gl.load(alpha_ptr)).to(c_desc.dtype))
-    fence_async_shared()
-    tma.async_copy_shared_to_global(c_desc, [off_m, off_n], c_smem)
-    tma.store_wait(pendings=0)
+    _store_tile(acc, c_desc, alpha_ptr, off_m, off_n)
 
 
 @gluon.jit
@@ -223,11 +229,7 @@ def _rs_gemm_kernel(a_desc, a_codes_ptr, a_scales_ptr, b_desc, c_desc, alpha_ptr
     acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
     for p in gl.static_range(STAGES):
         mbarrier.invalidate(bars.index(p))
-    c_smem = gl.allocate_shared_memory(c_desc.dtype, c_desc.block_type.shape, c_desc.layout)
-    c_smem.store((acc * gl.load(alpha_ptr)).to(c_desc.dtype))
-    fence_async_shared()
-    tma.async_copy_shared_to_global(c_desc, [off_m, off_n], c_smem)
-    tma.store_wait(pendings=0)
+    _store_tile(acc, c_desc, alpha_ptr, off_m, off_n)
 
 
 @gluon.jit
@@ -251,11 +253,7 @@ def _ws_consumer(bars, bufs, c_desc, alpha_ptr, off_m, off_n, K, BM: gl.constexp
         acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc, ))
         mbarrier.arrive(empty.index((i + STAGES - 1) % STAGES), count=1, pred=i > 0)
     acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
-    c_smem = gl.allocate_shared_memory(c_desc.dtype, c_desc.block_type.shape, c_desc.layout)
-    c_smem.store((acc * gl.load(alpha_ptr)).to(c_desc.dtype))
-    fence_async_shared()
-    tma.async_copy_shared_to_global(c_desc, [off_m, off_n], c_smem)
-    tma.store_wait(pendings=0)
+    _store_tile(acc, c_desc, alpha_ptr, off_m, off_n)
 
 
 @gluon.jit
@@ -352,31 +350,31 @@ def _descriptors(a_values, b, c, config):
     return desc(a_values, [bm, bk]), desc(b, [bn, bk]), desc(c, [bm, bn])
 
 
-def gluon_gemm(a_codes, a_scales, a_values, b, alpha, fp4_a: bool, config: tuple, c=None, probe: int = 0):
-    """``alpha * (A @ b^T)`` in BF16; A from its codes and scales (``fp4_a``) or from ``a_values``."""
-    bm, bn, bk, stages = config
+def _prepare(a_values, b, c, config):
+    """Check that ``config`` tiles the product; C (new unless given), the descriptors and the grid."""
+    bm, bn, bk, _ = config
     M, N, K = a_values.shape[0], b.shape[0], b.shape[1]
     if M % bm or N % bn or K % bk:
         raise ValueError(f"shape {M}x{N}x{K} does not tile by {config}")
     c = torch.empty((M, N), dtype=torch.bfloat16, device=b.device) if c is None else c
-    a_desc, b_desc, c_desc = _descriptors(a_values, b, c, config)
-    grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
+    return (c, *_descriptors(a_values, b, c, config), (triton.cdiv(M, bm) * triton.cdiv(N, bn),))
+
+
+def gluon_gemm(a_codes, a_scales, a_values, b, alpha, fp4_a: bool, config: tuple, c=None, probe: int = 0):
+    """``alpha * (A @ b^T)`` in BF16; A from its codes and scales (``fp4_a``) or from ``a_values``."""
+    M, N, K = a_values.shape[0], b.shape[0], b.shape[1]
+    c, a_desc, b_desc, c_desc, grid = _prepare(a_values, b, c, config)
     _gemm_kernel[grid](a_desc, a_codes, a_scales, b_desc, c_desc, alpha, M, N, K, a_codes.stride(0),
-                       a_scales.stride(0), FP4_A=fp4_a, STAGES=stages, GROUP_M=8, PROBE=probe, num_warps=8)
+                       a_scales.stride(0), FP4_A=fp4_a, STAGES=config[3], GROUP_M=8, PROBE=probe, num_warps=8)
     return c
 
 
 def gluon_rs_gemm(a_codes, a_scales, a_values, b, alpha, config: tuple, c=None):
     """``gluon_gemm``'s FP4-A product with A decoded into ``wgmma``'s register operand (``_rs_gemm_kernel``)."""
-    bm, bn, bk, stages = config
     M, N, K = a_values.shape[0], b.shape[0], b.shape[1]
-    if M % bm or N % bn or K % bk:
-        raise ValueError(f"shape {M}x{N}x{K} does not tile by {config}")
-    c = torch.empty((M, N), dtype=torch.bfloat16, device=b.device) if c is None else c
-    a_desc, b_desc, c_desc = _descriptors(a_values, b, c, config)
-    grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
+    c, a_desc, b_desc, c_desc, grid = _prepare(a_values, b, c, config)
     _rs_gemm_kernel[grid](a_desc, a_codes, a_scales, b_desc, c_desc, alpha, M, N, K, a_codes.stride(0),
-                          a_scales.stride(0), STAGES=stages, GROUP_M=8, num_warps=8)
+                          a_scales.stride(0), STAGES=config[3], GROUP_M=8, num_warps=8)
     return c
 
 
@@ -388,16 +386,11 @@ WS_REGISTERS = {0: (168, 24), 1: (168, 96), 2: (128, 64)}
 
 def gluon_ws_gemm(a_codes, a_scales, a_values, b, alpha, config: tuple, c=None, decoders: int = 1):
     """``gluon_gemm``'s FP4-A product, warp-specialized (``_ws_gemm_kernel``)."""
-    bm, bn, bk, stages = config
     M, N, K = a_values.shape[0], b.shape[0], b.shape[1]
-    if M % bm or N % bn or K % bk:
-        raise ValueError(f"shape {M}x{N}x{K} does not tile by {config}")
-    c = torch.empty((M, N), dtype=torch.bfloat16, device=b.device) if c is None else c
-    a_desc, b_desc, c_desc = _descriptors(a_values, b, c, config)
-    grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
+    c, a_desc, b_desc, c_desc, grid = _prepare(a_values, b, c, config)
     maxnreg, decode_regs = WS_REGISTERS[decoders]
     _ws_gemm_kernel[grid](a_desc, a_codes, a_scales, b_desc, c_desc, alpha, M, N, K, a_codes.stride(0),
-                          a_scales.stride(0), STAGES=stages, GROUP_M=8, DECODERS=decoders, DECODE_REGS=decode_regs,
+                          a_scales.stride(0), STAGES=config[3], GROUP_M=8, DECODERS=decoders, DECODE_REGS=decode_regs,
                           num_warps=8, maxnreg=maxnreg)
     return c
 
@@ -470,44 +463,27 @@ def main(argv=None):
                "dequantize + cuBLASLt": graph_median_ms(lambda: package_gemm(a_codes, a_scales, b, alpha_beta))}
         for config in configs:
             name = "x".join(map(str, config))
-            for fp4_a, label in ((False, "Gluon BF16"), (True, "Gluon FP4 A")):
+            def checked_time(label, run):
+                """Time ``run(c)`` where its result matches the package's; report what does not."""
                 try:
-                    got = gluon_gemm(a_codes, a_scales, a_values, b, alpha_beta, fp4_a, config).float()
-                    err = ((got - want).abs().max() / want.abs().max()).item()
-                    if err > 1e-2:
-                        print(f"{shape} {label} {name}: relative error {err:.2e} against the package: not timed")
-                        continue
-                    c = torch.empty((M, N), dtype=torch.bfloat16, device="cuda")
-                    row[f"{label} {name}"] = graph_median_ms(
-                        lambda: gluon_gemm(a_codes, a_scales, a_values, b, alpha_beta, fp4_a, config, c))
-                except Exception as err:  # a configuration that does not fit (shared memory) is reported
-                    print(f"{shape} {label} {name}: skipped ({type(err).__name__}: {str(err)[:300]})")
-            try:
-                got = gluon_rs_gemm(a_codes, a_scales, a_values, b, alpha_beta, config).float()
-                err = ((got - want).abs().max() / want.abs().max()).item()
-                if err > 1e-2:
-                    print(f"{shape} Gluon FP4 A, registers {name}: relative error {err:.2e}: not timed")
-                else:
-                    c = torch.empty((M, N), dtype=torch.bfloat16, device="cuda")
-                    row[f"Gluon FP4 A, registers {name}"] = graph_median_ms(
-                        lambda: gluon_rs_gemm(a_codes, a_scales, a_values, b, alpha_beta, config, c))
-            except Exception as err:
-                print(f"{shape} Gluon FP4 A, registers {name}: skipped ({type(err).__name__}: {str(err)[:300]})")
-            for decoders in (0, 1, 2):
-                label = f"Gluon FP4 A, WS {decoders} {name}" if decoders else f"Gluon BF16, WS {name}"
-                if decoders == 2 and config[1] > 128:
-                    continue  # does not compile (WS_REGISTERS)
-                try:
-                    got = gluon_ws_gemm(a_codes, a_scales, a_values, b, alpha_beta, config, None, decoders).float()
-                    err = ((got - want).abs().max() / want.abs().max()).item()
+                    err = ((run(None).float() - want).abs().max() / want.abs().max()).item()
                     if err > 1e-2:
                         print(f"{shape} {label}: relative error {err:.2e} against the package: not timed")
-                        continue
+                        return
                     c = torch.empty((M, N), dtype=torch.bfloat16, device="cuda")
-                    row[label] = graph_median_ms(
-                        lambda: gluon_ws_gemm(a_codes, a_scales, a_values, b, alpha_beta, config, c, decoders))
+                    row[label] = graph_median_ms(lambda: run(c))
                 except Exception as err:  # shared memory or registers that do not fit are reported
                     print(f"{shape} {label}: skipped ({type(err).__name__}: {str(err)[:300]})")
+
+            operands = (a_codes, a_scales, a_values, b, alpha_beta)
+            for fp4_a, label in ((False, "Gluon BF16"), (True, "Gluon FP4 A")):
+                checked_time(f"{label} {name}", lambda c, f=fp4_a: gluon_gemm(*operands, f, config, c))
+            checked_time(f"Gluon FP4 A, registers {name}", lambda c: gluon_rs_gemm(*operands, config, c))
+            for decoders in (0, 1, 2):
+                if decoders == 2 and config[1] > 128:
+                    continue  # does not compile (WS_REGISTERS)
+                label = f"Gluon FP4 A, WS {decoders} {name}" if decoders else f"Gluon BF16, WS {name}"
+                checked_time(label, lambda c, d=decoders: gluon_ws_gemm(*operands, config, c, d))
             for probe in (1, 2) if args.probes else ():
                 c = torch.empty((M, N), dtype=torch.bfloat16, device="cuda")
                 row[f"probe {probe} {name}"] = graph_median_ms(
